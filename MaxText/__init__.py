@@ -1,0 +1,1 @@
+"""MaxText: a YAML-configured LLM training and serving stack on JAX."""

@@ -1,0 +1,96 @@
+"""Values derived from the run config, each in a small named function.
+
+`ModelConfig` is the slice of the run config that the model needs. Layers get it (or a few of its fields),
+never the whole run config, so a model can be built without a training run around it.
+"""
+
+import dataclasses
+import os
+
+from MaxText.config.schema import Config
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:  # pylint: disable=too-many-instance-attributes
+    """Everything that determines the model's parameters and numerics. Hashable, so it can be a Linen attr."""
+
+    decoder_block: str
+    emb_dim: int
+    num_query_heads: int
+    num_kv_heads: int
+    head_dim: int
+    mlp_dim: int
+    num_decoder_layers: int
+    vocab_size: int
+    mlp_activations: tuple
+    normalization_layer_epsilon: float
+    logits_via_embedding: bool
+    rope_type: str
+    rope_max_timescale: float
+    rope_scaling_factor: float
+    rope_low_freq_factor: float
+    rope_high_freq_factor: float
+    rope_original_max_position_embeddings: int
+    sliding_window_size: int
+    dropout_rate: float
+    dtype: str
+    weight_dtype: str
+    matmul_precision: str
+    logits_dot_in_fp32: bool
+    attention: str
+    flash_block_size: int
+    scan_layers: bool
+    param_scan_axis: int
+    remat_policy: str
+
+    def replace(self, **changes) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def model_config(cfg: Config) -> ModelConfig:
+    """The model slice of a run config. The `base_` prefixes are MaxText's key names for the same dims."""
+    return ModelConfig(
+        decoder_block=cfg.decoder_block,
+        emb_dim=cfg.base_emb_dim,
+        num_query_heads=cfg.base_num_query_heads,
+        num_kv_heads=cfg.base_num_kv_heads,
+        head_dim=cfg.head_dim,
+        mlp_dim=cfg.base_mlp_dim,
+        num_decoder_layers=cfg.base_num_decoder_layers,
+        vocab_size=cfg.vocab_size,
+        mlp_activations=tuple(cfg.mlp_activations),
+        normalization_layer_epsilon=cfg.normalization_layer_epsilon,
+        logits_via_embedding=cfg.logits_via_embedding,
+        rope_type=cfg.rope_type,
+        rope_max_timescale=cfg.rope_max_timescale,
+        rope_scaling_factor=cfg.rope_scaling_factor,
+        rope_low_freq_factor=cfg.rope_low_freq_factor,
+        rope_high_freq_factor=cfg.rope_high_freq_factor,
+        rope_original_max_position_embeddings=cfg.rope_original_max_position_embeddings,
+        sliding_window_size=cfg.sliding_window_size,
+        dropout_rate=cfg.dropout_rate,
+        dtype=cfg.dtype,
+        weight_dtype=cfg.weight_dtype,
+        matmul_precision=cfg.matmul_precision,
+        logits_dot_in_fp32=cfg.logits_dot_in_fp32,
+        attention=cfg.attention,
+        flash_block_size=cfg.flash_block_size,
+        scan_layers=cfg.scan_layers,
+        param_scan_axis=cfg.param_scan_axis,
+        remat_policy=cfg.remat_policy,
+    )
+
+
+def run_dir(cfg: Config) -> str:
+    """`<base_output_directory>/<run_name>`, absolute."""
+    return os.path.abspath(os.path.join(cfg.base_output_directory, cfg.run_name))
+
+
+def global_batch_size(cfg: Config, num_devices: int) -> int:
+    """Rows per optimizer step: per_device_batch_size x devices (fractional per-device sizes allowed)."""
+    return int(round(cfg.per_device_batch_size * num_devices))
+
+
+def schedule_steps(cfg: Config) -> int:
+    """Length of the warmup+cosine schedule; defaults to `steps`."""
+    return cfg.steps if cfg.learning_rate_schedule_steps == -1 else cfg.learning_rate_schedule_steps

@@ -1,0 +1,134 @@
+"""The typed run configuration.
+
+`configs/base.yml` holds every key with its default and a one-line comment; this class holds every key with
+its type and constraints. `load_config` refuses a base.yml that disagrees with this class, so the two lists
+cannot drift apart. Values come from base.yml, then the model YAML, then the command line.
+"""
+
+import dataclasses
+from typing import Any
+
+
+def _f(**constraints) -> Any:
+    """A schema field. Constraints: choices=[...], ge=, gt=, le= (checked by validate.check_field)."""
+    return dataclasses.field(metadata=constraints)  # pylint: disable=invalid-field-call
+
+
+DTYPES = ["float32", "bfloat16", "float16"]
+ACTIVATIONS = ["silu", "gelu", "gelu_tanh", "relu", "linear"]
+REMAT_POLICIES = [
+    "none",
+    "minimal",
+    "save_dot_except_mlp",
+    "save_qkv_proj",
+    "save_out_proj",
+    "full",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:  # pylint: disable=too-many-instance-attributes
+    """Every configuration key, typed. Field order follows base.yml."""
+
+    # Run.
+    run_name: str = _f()
+    model_name: str = _f()
+    base_output_directory: str = _f()
+
+    # Model shape.
+    decoder_block: str = _f()
+    base_emb_dim: int = _f(gt=0)
+    base_num_query_heads: int = _f(gt=0)
+    base_num_kv_heads: int = _f(gt=0)
+    base_mlp_dim: int = _f(gt=0)
+    base_num_decoder_layers: int = _f(gt=0)
+    head_dim: int = _f(gt=0)
+    vocab_size: int = _f(gt=0)
+    mlp_activations: list = _f()
+    normalization_layer_epsilon: float = _f(gt=0)
+    logits_via_embedding: bool = _f()
+    rope_type: str = _f(choices=["default", "llama3"])
+    rope_max_timescale: float = _f(gt=0)
+    rope_scaling_factor: float = _f(gt=0)
+    rope_low_freq_factor: float = _f(gt=0)
+    rope_high_freq_factor: float = _f(gt=0)
+    rope_original_max_position_embeddings: int = _f(gt=0)
+    sliding_window_size: int = _f(ge=0)
+    dropout_rate: float = _f(ge=0, le=1)
+
+    # Numerics and kernels.
+    dtype: str = _f(choices=DTYPES)
+    weight_dtype: str = _f(choices=DTYPES)
+    matmul_precision: str = _f(choices=["default", "high", "highest"])
+    logits_dot_in_fp32: bool = _f()
+    attention: str = _f(choices=["dot_product", "flash"])
+    flash_block_size: int = _f(gt=0)
+    scan_layers: bool = _f()
+    param_scan_axis: int = _f(choices=[0, 1])
+    remat_policy: str = _f(choices=REMAT_POLICIES)
+    init_weights_seed: int = _f(ge=0)
+
+    # Training.
+    steps: int = _f(ge=0)
+    per_device_batch_size: float = _f(gt=0)
+    max_target_length: int = _f(gt=1)
+    learning_rate: float = _f(ge=0)
+    warmup_steps_fraction: float = _f(ge=0, le=1)
+    cosine_learning_rate_final_fraction: float = _f(ge=0, le=1)
+    learning_rate_schedule_steps: int = _f(ge=-1)
+    adam_b1: float = _f(ge=0, le=1)
+    adam_b2: float = _f(ge=0, le=1)
+    adam_eps: float = _f(ge=0)
+    adam_eps_root: float = _f(ge=0)
+    adam_weight_decay: float = _f(ge=0)
+    gradient_clipping_threshold: float = _f(ge=0)
+    gradient_accumulation_steps: int = _f(gt=0)
+    z_loss_multiplier: float = _f(ge=0)
+    log_period: int = _f(gt=0)
+    eval_interval: int = _f(ge=0)
+    eval_steps: int = _f(gt=0)
+    peak_tflops_per_device: float = _f(ge=0)
+
+    # Data.
+    dataset_type: str = _f(choices=["builtin", "synthetic"])
+    tokenizer_path: str = _f()
+    data_shuffle_seed: int = _f(ge=0)
+    eval_split_fraction: float = _f(gt=0, le=0.5)
+    add_bos: bool = _f()
+    add_eos: bool = _f()
+    packing: bool = _f()
+
+    # Checkpointing.
+    enable_checkpointing: bool = _f()
+    checkpoint_period: int = _f(gt=0)
+    async_checkpointing: bool = _f()
+    max_num_checkpoints_to_keep: int = _f(ge=0)
+    load_parameters_path: str = _f()
+
+    # Profiling.
+    profiler: str = _f(choices=["", "xplane"])
+    skip_first_n_steps_for_profiler: int = _f(ge=0)
+    profiler_steps: int = _f(gt=0)
+
+    # Decoding.
+    prompt: str = _f()
+    max_prefill_predict_length: int = _f(gt=0)
+    max_decode_steps: int = _f(ge=0)
+    decode_sampling_strategy: str = _f(choices=["greedy", "weighted", "topk", "nucleus"])
+    decode_sampling_temperature: float = _f(gt=0)
+    decode_sampling_top_k: int = _f(ge=0)
+    decode_sampling_nucleus_p: float = _f(gt=0, le=1)
+    decode_sampling_seed: int = _f(ge=0)
+
+    # Parallelism.
+    mesh_axes: list = _f()
+    ici_data_parallelism: int = _f(ge=-1)
+    ici_fsdp_parallelism: int = _f(ge=-1)
+    ici_tensor_parallelism: int = _f(ge=-1)
+    logical_axis_rules: list = _f()
+
+    def replace(self, **changes) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}

@@ -1,0 +1,137 @@
+"""Type coercion and validation of config values. Pure Python: nothing here touches JAX."""
+
+import typing
+
+import yaml
+
+from MaxText.config.errors import ConfigError, suggest
+from MaxText.config.schema import ACTIVATIONS, FIELDS, Config
+
+
+def _as_bool(value, bad):
+    if isinstance(value, bool):
+        return value
+    raise ConfigError(f"{bad}: expected a boolean (true or false)")
+
+
+def _as_int(value, bad):
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigError(f"{bad}: expected int")
+    try:
+        as_float = float(value)
+    except ValueError:
+        raise ConfigError(f"{bad}: expected int") from None
+    if not as_float.is_integer():
+        raise ConfigError(f"{bad}: expected an integer")
+    return int(as_float)
+
+
+def _as_float(value, bad):
+    if isinstance(value, bool):
+        raise ConfigError(f"{bad}: expected float")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{bad}: expected float") from None
+
+
+def _as_list(value, bad):
+    if not isinstance(value, list):
+        raise ConfigError(f"{bad}: expected a list, e.g. key=[a,b]")
+    return value
+
+
+def _as_str(value, bad):
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ConfigError(f"{bad}: expected str")
+    return value
+
+
+_CONVERTERS = {bool: _as_bool, int: _as_int, float: _as_float, list: _as_list, str: _as_str}
+_BY_NAME = {"int": int, "float": float, "bool": bool, "str": str, "list": list}
+
+
+def coerce(key: str, value, from_cli: bool, source: str):
+    """Converts `value` to the declared type of `key`, or raises ConfigError naming key, value and type.
+
+    Command-line values arrive as strings: str keys keep them verbatim, others are parsed as YAML scalars.
+    PyYAML reads exponent floats without a dot (1e-5) as strings, so float keys accept numeric strings.
+    """
+    tp = FIELDS[key].type
+    tp = _BY_NAME.get(tp, tp) if isinstance(tp, str) else (typing.get_origin(tp) or tp)
+    if from_cli and tp is not str:
+        try:
+            value = yaml.safe_load(value) if value != "" else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(
+                f"{key}={value!r} ({source}): cannot parse value: {e}".splitlines()[0]
+            ) from None
+    return _CONVERTERS[tp](value, f"{key}={value!r} ({source})")
+
+
+def check_field(key: str, value) -> None:
+    """Checks the per-key constraints declared in the schema."""
+    meta = FIELDS[key].metadata
+    if "choices" in meta and value not in meta["choices"]:
+        choices = ", ".join(repr(c) for c in meta["choices"])
+        hint = suggest(str(value), [str(c) for c in meta["choices"]])
+        raise ConfigError(f"{key}={value!r}: expected one of {choices}{hint}")
+    if "gt" in meta and not value > meta["gt"]:
+        raise ConfigError(f"{key}={value!r}: expected a value > {meta['gt']}")
+    if "ge" in meta and not value >= meta["ge"]:
+        raise ConfigError(f"{key}={value!r}: expected a value >= {meta['ge']}")
+    if "le" in meta and not value <= meta["le"]:
+        raise ConfigError(f"{key}={value!r}: expected a value <= {meta['le']}")
+
+
+def _require(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+def check_cross_field(cfg: Config, known_blocks) -> None:
+    """Rules that involve several keys. Device-dependent rules live in parallel/mesh.py."""
+    _require(
+        cfg.decoder_block in known_blocks,
+        f"decoder_block={cfg.decoder_block!r}: expected one of {', '.join(sorted(known_blocks))}"
+        + suggest(cfg.decoder_block, known_blocks),
+    )
+    _require(
+        cfg.base_num_query_heads % cfg.base_num_kv_heads == 0,
+        f"base_num_kv_heads={cfg.base_num_kv_heads}: must divide base_num_query_heads="
+        f"{cfg.base_num_query_heads}",
+    )
+    _require(len(cfg.mlp_activations) > 0, "mlp_activations=[]: expected at least one activation")
+    for act in cfg.mlp_activations:
+        _require(
+            act in ACTIVATIONS,
+            f"mlp_activations contains {act!r}: expected each of {', '.join(ACTIVATIONS)}"
+            + suggest(str(act), ACTIVATIONS),
+        )
+    _require(cfg.head_dim % 2 == 0, f"head_dim={cfg.head_dim}: rotary embeddings need an even head dimension")
+    if cfg.rope_type == "llama3":
+        _require(
+            cfg.rope_high_freq_factor > cfg.rope_low_freq_factor,
+            f"rope_high_freq_factor={cfg.rope_high_freq_factor}: must exceed rope_low_freq_factor="
+            f"{cfg.rope_low_freq_factor}",
+        )
+    axes = ["data", "fsdp", "tensor"]
+    _require(cfg.mesh_axes == axes, f"mesh_axes={cfg.mesh_axes}: expected {axes}")
+    for rule in cfg.logical_axis_rules:
+        ok = isinstance(rule, list) and len(rule) == 2 and isinstance(rule[0], str)
+        _require(ok, f"logical_axis_rules entry {rule!r}: expected [logical_name, mesh_axis_or_list]")
+        targets = rule[1] if isinstance(rule[1], list) else [rule[1]]
+        for t in targets:
+            _require(
+                t in axes,
+                f"logical_axis_rules entry {rule!r}: mesh axis {t!r} is not one of {axes}"
+                + suggest(str(t), axes),
+            )
+    if cfg.profiler:
+        _require(
+            cfg.skip_first_n_steps_for_profiler + cfg.profiler_steps <= cfg.steps,
+            f"profiler_steps={cfg.profiler_steps}: skip_first_n_steps_for_profiler + profiler_steps must "
+            f"be <= steps={cfg.steps}",
+        )

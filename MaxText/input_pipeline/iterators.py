@@ -1,0 +1,191 @@
+"""Checkpointable batch iterators over a global stream of rows, and per-host slicing of that stream.
+
+The global row stream is a function of the data (tokenized documents), max_target_length, packing and the
+shuffle seed only: not of the batch size nor of the host count. A global batch is the next
+`global_batch_size` rows of the stream (batches run on across epoch ends, so no row is dropped) and host i
+of P keeps rows [i*B/P, (i+1)*B/P) of it. A run resumed with another host count or batch size therefore
+continues the same stream.
+
+Epoch e visits every piece once, in the order given by grain's index shuffle (the permutation behind
+`grain.MapDataset.shuffle`) under a 32-bit seed derived from (data_shuffle_seed, e); the pieces are then
+packed (see `packing`). Only the position (epoch, row) needs to be saved: the layout of an epoch is
+recomputed from the seed in milliseconds when needed.
+"""
+
+import abc
+import hashlib
+import json
+
+import numpy as np
+from grain import experimental as grain_experimental
+
+from MaxText.input_pipeline import packing
+
+_SHUFFLE_ROUNDS = 4  # the value grain.MapDataset.shuffle uses
+
+
+class TrainIterator(abc.ABC):
+    """Infinite iterator of this host's share of the global batches, with a JSON-serializable position.
+
+    After `set_state(s)` it yields exactly the batches that the iterator that returned `s` from `get_state()`
+    yielded after that call.
+    """
+
+    def __iter__(self) -> "TrainIterator":
+        return self
+
+    @abc.abstractmethod
+    def __next__(self) -> dict[str, np.ndarray]:
+        """Next batch: dict of int32 [global_batch_size // process_count, max_target_length]."""
+
+    @abc.abstractmethod
+    def get_state(self) -> dict:
+        """Small JSON-serializable position in the stream (save it with the model checkpoint)."""
+
+    @abc.abstractmethod
+    def set_state(self, state: dict) -> None:
+        """Moves to the position `state` (from get_state of an iterator over the same stream)."""
+
+
+def host_row_range(global_batch_size: int, process_index: int, process_count: int) -> tuple[int, int]:
+    """Rows [lo, hi) of each global batch that belong to `process_index`; validates the split."""
+    if process_count < 1 or not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} must be in [0, process_count={process_count})")
+    if global_batch_size < 1 or global_batch_size % process_count:
+        raise ValueError(
+            f"global_batch_size {global_batch_size} must be a positive multiple of "
+            f"process_count {process_count}"
+        )
+    per_host = global_batch_size // process_count
+    return process_index * per_host, (process_index + 1) * per_host
+
+
+def epoch_order(num_pieces: int, seed: int, epoch: int) -> np.ndarray:
+    """The piece order of `epoch`: a permutation of range(num_pieces), a pure function of the arguments."""
+    if num_pieces <= 1:
+        return np.arange(num_pieces, dtype=np.int64)
+    epoch_seed = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+    shuffle = grain_experimental.index_shuffle
+    last = num_pieces - 1
+    return np.fromiter(
+        (shuffle(i, last, epoch_seed, _SHUFFLE_ROUNDS) for i in range(num_pieces)), np.int64, num_pieces
+    )
+
+
+def docs_fingerprint(docs: packing.TokenizedDocs) -> str:
+    """16 hex digits of sha256 of the tokens and document lengths (changes with tokenizer, split, BOS...)."""
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(docs.tokens, dtype="<i4").tobytes())
+    h.update(np.ascontiguousarray(docs.lengths, dtype="<i8").tobytes())
+    return h.hexdigest()[:16]
+
+
+class PackedRowSource:
+    """Rows of tokenized documents: shuffled per epoch (train) or in the given order (eval), then packed."""
+
+    def __init__(self, docs: packing.TokenizedDocs, max_target_length: int, packing_enabled: bool, seed: int):
+        if max_target_length < 1:
+            raise ValueError(f"max_target_length must be >= 1, got {max_target_length}")
+        self.docs = docs
+        self.max_target_length = max_target_length
+        self.packing = packing_enabled
+        self.seed = seed
+        self.pieces = packing.make_pieces(docs, max_target_length)
+        if not self.pieces:
+            raise ValueError("the data split has no document with at least two tokens; nothing to train on")
+        self._layouts: dict[int, packing.RowLayout] = {}
+
+    def layout(self, epoch: int) -> packing.RowLayout:
+        """Row layout of a shuffled epoch (the two most recent are cached)."""
+        if epoch not in self._layouts:
+            order = epoch_order(len(self.pieces), self.seed, epoch)
+            if len(self._layouts) >= 2:
+                del self._layouts[min(self._layouts)]
+            self._layouts[epoch] = packing.pack_rows(order, self.pieces, self.max_target_length, self.packing)
+        return self._layouts[epoch]
+
+    def unshuffled_layout(self) -> packing.RowLayout:
+        """Row layout with the pieces in document order (eval)."""
+        order = np.arange(len(self.pieces), dtype=np.int64)
+        return packing.pack_rows(order, self.pieces, self.max_target_length, self.packing)
+
+    def materialize(self, rows: list[tuple[packing.RowLayout, int]]) -> dict[str, np.ndarray]:
+        """Batch whose row k is row rows[k][1] of layout rows[k][0]."""
+        batch = packing.empty_batch(len(rows), self.max_target_length)
+        for k, (layout, r) in enumerate(rows):
+            packing.fill_row(batch, k, *layout.row(r), self.docs.tokens)
+        return batch
+
+
+class PackedTrainIterator(TrainIterator):
+    """Train iterator over a `PackedRowSource`; state {"epoch", "row", + stream identity fields}."""
+
+    def __init__(
+        self,
+        source: PackedRowSource,
+        global_batch_size: int,
+        process_index: int = 0,
+        process_count: int = 1,
+        identity: dict | None = None,
+    ):
+        self._source = source
+        self._batch = global_batch_size
+        self._lo, self._hi = host_row_range(global_batch_size, process_index, process_count)
+        # Fields that define the row stream; set_state refuses a state taken from a different stream.
+        self._identity = {
+            "max_target_length": source.max_target_length,
+            "packing": source.packing,
+            "data_shuffle_seed": source.seed,
+            "docs_sha256": docs_fingerprint(source.docs),
+            **(identity or {}),
+        }
+        json.dumps(self._identity)  # fail early, not at checkpoint time
+        self._epoch = 0
+        self._row = 0
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        wanted: list[tuple[packing.RowLayout, int]] = []
+        epoch, row, position = self._epoch, self._row, 0
+        while position < self._batch:
+            layout = self._source.layout(epoch)
+            take = min(self._batch - position, layout.num_rows - row)
+            for p in range(max(position, self._lo), min(position + take, self._hi)):
+                wanted.append((layout, row + p - position))
+            position += take
+            row += take
+            if row == layout.num_rows:
+                epoch, row = epoch + 1, 0
+        self._epoch, self._row = epoch, row
+        return self._source.materialize(wanted)
+
+    def get_state(self) -> dict:
+        return {"epoch": self._epoch, "row": self._row, **self._identity}
+
+    def set_state(self, state: dict) -> None:
+        mismatched = sorted(k for k in self._identity if state.get(k) != self._identity[k])
+        if mismatched:
+            details = ", ".join(
+                f"{k}: saved {state.get(k)!r} vs now {self._identity[k]!r}" for k in mismatched
+            )
+            raise ValueError(f"data iterator state is from a different data stream ({details})")
+        epoch, row = int(state["epoch"]), int(state["row"])
+        if epoch < 0 or not 0 <= row < self._source.layout(epoch).num_rows:
+            raise ValueError(f"data iterator state out of range: epoch {epoch}, row {row}")
+        self._epoch, self._row = epoch, row
+
+
+def eval_batches_from_source(
+    source: PackedRowSource,
+    global_batch_size: int,
+    num_batches: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> list[dict[str, np.ndarray]]:
+    """`num_batches` batches of the unshuffled rows, cycling back to the first row when they run out."""
+    lo, hi = host_row_range(global_batch_size, process_index, process_count)
+    layout = source.unshuffled_layout()
+    batches = []
+    for b in range(num_batches):
+        first = b * global_batch_size
+        batches.append(source.materialize([(layout, (first + p) % layout.num_rows) for p in range(lo, hi)]))
+    return batches

@@ -1,0 +1,1 @@
+"""Flax Linen layers, one file per family. Every parameter and activation carries logical axis names."""

@@ -1,0 +1,113 @@
+"""Multi-head attention with GQA/MQA, RoPE, sliding windows and an explicit KV cache.
+
+Axis legend: B batch, T query length, S key length (cache length when decoding), N query heads,
+K kv heads, G = N / K, H head dim, D model dim.
+
+Modes (an argument, never stored state):
+- "train":          attend within the T tokens; no cache.
+- "prefill":        attend within the T prompt tokens and write their K/V into `cache` at slots = positions.
+- "autoregressive": write the T new tokens' K/V at slots = positions, then attend over the whole cache;
+                    slot j is visible to a query at position p when j <= p (and p - j < W with a window).
+The cache for one layer is {"k": [B, S, K, H], "v": [B, S, K, H]}; it is returned, never mutated in place.
+"""
+
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+from MaxText import kernels
+from MaxText.layers.common import constrain
+from MaxText.layers.embeddings import RopeConfig, apply_rope
+from MaxText.layers.linears import DenseGeneral
+
+MODES = ("train", "prefill", "autoregressive")
+
+
+def write_cache(cache: dict, k, v, positions) -> dict:
+    """Scatters k/v [B, T, K, H] into cache slots `positions` [B, T] of each row."""
+    rows = jnp.arange(k.shape[0])[:, None]
+    return {
+        "k": cache["k"].at[rows, positions].set(k.astype(cache["k"].dtype)),
+        "v": cache["v"].at[rows, positions].set(v.astype(cache["v"].dtype)),
+    }
+
+
+class Attention(nn.Module):
+    """Self-attention. Parameters: query [D, N, H], key/value [D, K, H], out [N, H, D].
+
+    scale defaults to 1/sqrt(H); it is applied to the scores, never folded into the weights.
+    """
+
+    num_query_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rope: Optional[RopeConfig]
+    kernel: str = "dot_product"
+    scale: Optional[float] = None
+    sliding_window: int = 0
+    soft_cap: float = 0.0
+    block_size: int = 128
+    dtype: jnp.dtype = jnp.float32
+    weight_dtype: jnp.dtype = jnp.float32
+    precision: jax.lax.Precision = jax.lax.Precision.DEFAULT
+
+    def _spec(self, kernel):
+        scale = self.scale if self.scale is not None else self.head_dim**-0.5
+        return kernels.AttentionSpec(
+            kernel=kernel,
+            scale=scale,
+            sliding_window=self.sliding_window,
+            soft_cap=self.soft_cap,
+            precision=self.precision,
+            block_size=self.block_size,
+        )
+
+    @nn.compact
+    def __call__(self, x, positions, segment_ids, mode: str, cache: Optional[dict] = None):
+        """x [B, T, D], positions/segment_ids [B, T] -> (out [B, T, D], new cache or None)."""
+        if mode not in MODES:
+            raise ValueError(f"mode={mode!r}: expected one of {MODES}")
+        dense = dict(dtype=self.dtype, weight_dtype=self.weight_dtype, precision=self.precision)
+        n, kh, h = self.num_query_heads, self.num_kv_heads, self.head_dim
+        q = DenseGeneral((n, h), kernel_axes=("embed", "q_heads", "kv"), name="query", **dense)(x)
+        k = DenseGeneral((kh, h), kernel_axes=("embed", "kv_heads", "kv"), name="key", **dense)(x)
+        v = DenseGeneral((kh, h), kernel_axes=("embed", "kv_heads", "kv"), name="value", **dense)(x)
+        q, k, v = (
+            checkpoint_name(q, "query_proj"),
+            checkpoint_name(k, "key_proj"),
+            checkpoint_name(v, "value_proj"),
+        )
+        if self.rope is not None:
+            q, k = apply_rope(q, positions, self.rope), apply_rope(k, positions, self.rope)
+        q = constrain(q, ("activation_batch", "activation_length", "activation_heads", "activation_kv"))
+        k = constrain(k, ("activation_batch", "activation_length", "activation_kv_heads", "activation_kv"))
+        v = constrain(v, ("activation_batch", "activation_length", "activation_kv_heads", "activation_kv"))
+
+        new_cache = None
+        if mode == "train":
+            out = kernels.attention(
+                q, k, v, positions, positions, segment_ids, segment_ids, self._spec(self.kernel)
+            )
+        elif mode == "prefill":
+            new_cache = write_cache(cache, k, v, positions)
+            out = kernels.attention(
+                q, k, v, positions, positions, segment_ids, segment_ids, self._spec(self.kernel)
+            )
+        else:
+            new_cache = write_cache(cache, k, v, positions)
+            b, s = new_cache["k"].shape[:2]
+            slots = jnp.broadcast_to(jnp.arange(s, dtype=positions.dtype), (b, s))
+            ones_q = jnp.ones_like(positions)
+            # One query per row against a long cache: the reference kernel is the efficient choice here.
+            out = kernels.attention(
+                q, new_cache["k"].astype(self.dtype), new_cache["v"].astype(self.dtype),
+                positions, slots, ones_q, jnp.ones_like(slots), self._spec("dot_product"),
+            )  # fmt: skip
+        out = constrain(out, ("activation_batch", "activation_length", "activation_heads", "activation_kv"))
+        out = DenseGeneral(
+            x.shape[-1], axis=(-2, -1), kernel_axes=("heads", "kv", "embed"), name="out", **dense
+        )(out)
+        return checkpoint_name(out, "out_proj"), new_cache

@@ -1,0 +1,151 @@
+"""The decoder: token embedding -> stacks of (scanned) blocks -> final norm -> tied or untied logits.
+
+Parameter tree (scan_layers=true, param_scan_axis=1; docs/checkpoints.md has the full layout):
+  token_embedder/embedding                     [V, D]
+  decoder/<stack>/<block params>               layer axis inserted at param_scan_axis, logical name "layers"
+  decoder/decoder_norm/scale                   [D]
+  decoder/logits_dense/kernel                  [D, V]   (only when logits_via_embedding is false)
+With scan_layers=false each layer is its own subtree `decoder/<stack>_<i>/...`.
+
+The KV cache is a dict {stack name: per-layer cache stacked on a leading layer axis}, the same with or
+without scan, so decode code never depends on how the layers were built.
+"""
+
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from MaxText.config.derived import ModelConfig
+from MaxText.layers.common import constrain, dtype_of, precision_of
+from MaxText.layers.embeddings import Embed
+from MaxText.layers.linears import DenseGeneral
+from MaxText.layers.normalizations import RMSNorm
+from MaxText.models import registry
+
+_NAMES = {
+    "minimal": ("query_proj", "key_proj", "value_proj", "out_proj", "mlpwi", "mlpwo"),
+    "save_dot_except_mlp": ("query_proj", "key_proj", "value_proj", "out_proj"),
+    "save_qkv_proj": ("query_proj", "key_proj", "value_proj"),
+    "save_out_proj": ("out_proj",),
+}
+
+
+def remat_policy(name: str):
+    """The jax.checkpoint policy for a remat_policy name ("none" means no rematerialisation at all)."""
+    if name == "full":
+        return jax.checkpoint_policies.nothing_saveable
+    if name in _NAMES:
+        return jax.checkpoint_policies.save_only_these_names(*_NAMES[name])
+    raise ValueError(f"remat_policy={name!r} has no checkpoint policy")
+
+
+class Decoder(nn.Module):
+    """Blocks, final norm and output projection. Shared embedding is passed in for tied logits."""
+
+    config: ModelConfig
+    shared_embedding: nn.Module
+
+    def _run_stack(self, stack, x, positions, segment_ids, mode, cache):
+        cfg = self.config
+        block = stack.block
+        if cfg.remat_policy != "none":
+            # Arg 4 (mode) is a Python string and must stay static under remat.
+            block = nn.remat(
+                block,
+                policy=remat_policy(cfg.remat_policy),
+                prevent_cse=not cfg.scan_layers,
+                static_argnums=(4,),
+            )
+        if cfg.scan_layers:
+            scanned = nn.scan(
+                block,
+                variable_axes={"params": cfg.param_scan_axis, "intermediates": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0),
+                length=stack.length,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
+            return scanned(cfg, name=stack.name)(x, positions, segment_ids, mode, cache)
+        new_caches = []
+        for i in range(stack.length):
+            layer_cache = None if cache is None else jax.tree.map(lambda c, i=i: c[i], cache)
+            x, c = block(cfg, name=f"{stack.name}_{i}")(x, positions, segment_ids, mode, layer_cache)
+            new_caches.append(c)
+        new_cache = (
+            None if cache is None else jax.tree.map(lambda *cs: jnp.stack(cs), new_caches[0], *new_caches[1:])
+        )
+        return x, new_cache
+
+    @nn.compact
+    def __call__(self, ids, positions, segment_ids, mode: str, cache: Optional[dict] = None):
+        """ids/positions/segment_ids [B, T] -> (logits [B, T, V] float32 or dtype, new cache or None)."""
+        cfg = self.config
+        dtype, wdtype = dtype_of(cfg.dtype), dtype_of(cfg.weight_dtype)
+        x = self.shared_embedding(ids)
+        x = constrain(x, ("activation_batch", "activation_length", "activation_embed"))
+        new_cache = {} if cache is not None else None
+        for stack in registry.stacks(cfg):
+            stack_cache = None if cache is None else cache[stack.name]
+            x, c = self._run_stack(stack, x, positions, segment_ids, mode, stack_cache)
+            if cache is not None:
+                new_cache[stack.name] = c
+        x = RMSNorm(
+            epsilon=cfg.normalization_layer_epsilon, dtype=dtype, weight_dtype=wdtype, name="decoder_norm"
+        )(x)
+        logits_dtype = jnp.float32 if cfg.logits_dot_in_fp32 else dtype
+        if cfg.logits_via_embedding:
+            logits = self.shared_embedding.attend(x, dtype=logits_dtype)
+        else:
+            logits = DenseGeneral(
+                cfg.vocab_size,
+                kernel_axes=("embed", "vocab"),
+                dtype=logits_dtype,
+                weight_dtype=wdtype,
+                precision=precision_of(cfg.matmul_precision),
+                name="logits_dense",
+            )(x)
+        logits = constrain(logits, ("activation_batch", "activation_length", "activation_vocab"))
+        return logits, new_cache
+
+
+class Transformer(nn.Module):
+    """The whole model: `token_embedder` and `decoder`. Call with (ids, positions, segment_ids, mode, cache)."""
+
+    config: ModelConfig
+
+    def setup(self):
+        cfg = self.config
+        self.token_embedder = Embed(
+            num_embeddings=cfg.vocab_size,
+            features=cfg.emb_dim,
+            dtype=dtype_of(cfg.dtype),
+            weight_dtype=dtype_of(cfg.weight_dtype),
+            precision=precision_of(cfg.matmul_precision),
+        )
+        self.decoder = Decoder(cfg, self.token_embedder)
+
+    def __call__(self, ids, positions, segment_ids, mode: str = "train", cache: Optional[dict] = None):
+        return self.decoder(ids, positions, segment_ids, mode, cache)
+
+
+def unstack_layers(params: dict, cfg: ModelConfig) -> dict:
+    """Scanned params -> the scan_layers=false layout (`<stack>_<i>` subtrees). Pure reshuffle, bit-exact."""
+    decoder = dict(params["decoder"])
+    for stack in registry.stacks(cfg):
+        stacked = decoder.pop(stack.name)
+        for i in range(stack.length):
+            decoder[f"{stack.name}_{i}"] = jax.tree.map(
+                lambda x, i=i: jnp.take(x, i, axis=cfg.param_scan_axis), stacked
+            )
+    return {**params, "decoder": decoder}
+
+
+def stack_layers(params: dict, cfg: ModelConfig) -> dict:
+    """The scan_layers=false layout -> scanned params (inverse of unstack_layers)."""
+    decoder = dict(params["decoder"])
+    for stack in registry.stacks(cfg):
+        layers = [decoder.pop(f"{stack.name}_{i}") for i in range(stack.length)]
+        decoder[stack.name] = jax.tree.map(lambda *xs: jnp.stack(xs, axis=cfg.param_scan_axis), *layers)
+    return {**params, "decoder": decoder}

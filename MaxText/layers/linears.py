@@ -1,0 +1,95 @@
+"""Dense projections and the (gated) MLP block."""
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+from MaxText.layers.common import constrain, param_with_axes
+
+ACTIVATIONS = {
+    "silu": jax.nn.silu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+    "linear": lambda x: x,
+}
+
+
+def _normalize_axes(axes, ndim):
+    return tuple(a % ndim for a in axes)
+
+
+class DenseGeneral(nn.Module):
+    """A dense layer over one or more input axes with a multi-axis output.
+
+    Kernel shape is in_shape + features, with logical names `kernel_axes`. No bias unless use_bias.
+    Inputs are cast to `dtype`; the kernel is stored in `weight_dtype` and cast for the matmul.
+    """
+
+    features: Sequence[int]
+    axis: Sequence[int] = (-1,)
+    kernel_axes: tuple = ()
+    dtype: jnp.dtype = jnp.float32
+    weight_dtype: jnp.dtype = jnp.float32
+    precision: jax.lax.Precision = jax.lax.Precision.DEFAULT
+    use_bias: bool = False
+    kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, x):
+        features = tuple(self.features) if isinstance(self.features, (list, tuple)) else (self.features,)
+        axis = _normalize_axes(self.axis if isinstance(self.axis, (list, tuple)) else (self.axis,), x.ndim)
+        in_shape = tuple(x.shape[a] for a in axis)
+        fan_in_axes = tuple(range(len(in_shape)))
+        fan_out_axes = tuple(range(len(in_shape), len(in_shape) + len(features)))
+        init = nn.initializers.variance_scaling(
+            1.0, "fan_in", "truncated_normal", in_axis=fan_in_axes, out_axis=fan_out_axes
+        )
+        kernel = param_with_axes(
+            self, "kernel", init, in_shape + features, self.weight_dtype, self.kernel_axes
+        ).astype(self.dtype)
+        contract = (axis, fan_in_axes)
+        y = jax.lax.dot_general(x.astype(self.dtype), kernel, (contract, ((), ())), precision=self.precision)
+        if self.use_bias:
+            bias = param_with_axes(
+                self,
+                "bias",
+                nn.initializers.zeros,
+                features,
+                self.weight_dtype,
+                self.kernel_axes[-len(features) :],
+            )
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+class MlpBlock(nn.Module):
+    """Gated MLP: wo(act_0(wi_0 x) * act_1(wi_1 x) ...). One activation = plain MLP with `wi`.
+
+    Shapes: x [B, T, D] -> [B, T, D]; hidden F = mlp_dim.
+    """
+
+    mlp_dim: int
+    activations: tuple = ("silu", "linear")
+    dtype: jnp.dtype = jnp.float32
+    weight_dtype: jnp.dtype = jnp.float32
+    precision: jax.lax.Precision = jax.lax.Precision.DEFAULT
+    use_bias: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        dense = dict(
+            dtype=self.dtype, weight_dtype=self.weight_dtype, precision=self.precision, use_bias=self.use_bias
+        )
+        hidden = None
+        for i, act in enumerate(self.activations):
+            name = "wi" if len(self.activations) == 1 else f"wi_{i}"
+            h = DenseGeneral(self.mlp_dim, kernel_axes=("embed", "mlp"), name=name, **dense)(x)
+            h = ACTIVATIONS[act](checkpoint_name(h, "mlpwi"))
+            hidden = h if hidden is None else hidden * h
+        hidden = constrain(hidden, ("activation_batch", "activation_length", "activation_mlp"))
+        out = DenseGeneral(x.shape[-1], kernel_axes=("mlp", "embed"), name="wo", **dense)(hidden)
+        return checkpoint_name(out, "mlpwo")

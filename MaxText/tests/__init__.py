@@ -1,0 +1,1 @@
+"""MaxText unit tests (CPU, tiny configs). Run: python3 -m pytest --pyargs MaxText.tests"""

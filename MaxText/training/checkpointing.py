@@ -1,0 +1,120 @@
+"""Checkpoints with orbax's CheckpointManager: train state, data-iterator state and metadata per step.
+
+Layout: <run dir>/checkpoints/<step>/{state, data_iter, meta}. Orbax writes each step into a temporary
+directory and renames it only when every item is complete, so a kill at any moment (SIGKILL included)
+leaves at most a temporary directory that `latest_step` ignores and the next save cleans up. docs/checkpoints.md
+documents the parameter tree.
+"""
+
+import dataclasses
+import os
+from typing import Optional
+
+import jax
+import orbax.checkpoint as ocp
+
+FORMAT_VERSION = 1
+_ITEMS = ("state", "data_iter", "meta")
+
+
+def abstract_with_shardings(abstract_tree, shardings):
+    """ShapeDtypeStructs carrying the target shardings, so restore lands each shard where it belongs."""
+    return jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_tree, shardings
+    )
+
+
+class Checkpointer:
+    """Saves and restores (state, data iterator state, meta) under `directory`."""
+
+    def __init__(self, directory: str, max_to_keep: int, async_save: bool):
+        self.directory = os.path.abspath(directory)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep or None,
+            enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=True,
+            create=True,
+        )
+        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=_ITEMS)
+
+    def latest_step(self) -> Optional[int]:
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list:
+        return list(self._manager.all_steps())
+
+    def save(self, step: int, state, data_state: dict, meta: dict, force: bool = True) -> None:
+        """Starts saving `state` at `step` (in the background when async); returns before it is durable."""
+        meta = dict(meta, format_version=FORMAT_VERSION, step=int(step))
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data_iter=ocp.args.JsonSave(data_state),
+                meta=ocp.args.JsonSave(meta),
+            ),
+            force=force,
+        )
+
+    def restore(self, step: int, abstract_state):
+        """Returns (state, data iterator state, meta). abstract_state carries target shardings."""
+        out = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state),
+                data_iter=ocp.args.JsonRestore(),
+                meta=ocp.args.JsonRestore(),
+            ),
+        )
+        return out.state, out.data_iter, out.meta
+
+    def wait(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+def checkpoint_dir(run_dir: str) -> str:
+    return os.path.join(run_dir, "checkpoints")
+
+
+def resolve_step_dir(path: str) -> str:
+    """Accepts a step directory (…/checkpoints/<n>), a checkpoints directory or a run directory."""
+    path = os.path.abspath(path)
+    if os.path.isdir(os.path.join(path, "state")):
+        return path
+    for candidate in (path, checkpoint_dir(path)):
+        if os.path.isdir(candidate):
+            steps = sorted(int(d) for d in os.listdir(candidate) if d.isdigit())
+            if steps and os.path.isdir(os.path.join(candidate, str(steps[-1]), "state")):
+                return os.path.join(candidate, str(steps[-1]))
+    raise FileNotFoundError(f"no checkpoint found at {path} (expected a run, checkpoints or step directory)")
+
+
+def load_params(path: str, abstract_params):
+    """Restores only the parameters of a checkpoint (any step directory layout above).
+
+    abstract_params carries target shardings. Optimizer state in the checkpoint is not read.
+    """
+    step_dir = resolve_step_dir(path)
+    checkpointer = ocp.PyTreeCheckpointer()
+    restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_params)
+    restored = checkpointer.restore(
+        os.path.join(step_dir, "state"),
+        args=ocp.args.PyTreeRestore(
+            item={"params": abstract_params}, restore_args={"params": restore_args}, partial_restore=True
+        ),
+    )
+    return restored["params"]
+
+
+def read_meta(path: str) -> dict:
+    """The meta item (format version, config, tokenizer identity) of a checkpoint."""
+    step_dir = resolve_step_dir(path)
+    return ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(os.path.join(step_dir, "meta"))
+
+
+def config_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)

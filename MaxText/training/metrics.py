@@ -1,0 +1,58 @@
+"""Metrics out: TensorBoard scalars, an appended JSONL file and a compact step line. Process 0 only."""
+
+import json
+import os
+
+import jax
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def step_line(record: dict, total_steps: int, eta_s: float) -> str:
+    """One human-readable line: step, loss, lr, grad norm, step time, tokens/s, TFLOP/s/device, MFU, ETA."""
+    return (
+        f"step {record['step']}/{total_steps} | loss {record['loss']:.4f} | lr {record['lr']:.3e} | "
+        f"grad_norm {record['grad_norm']:.3f} | step {record['step_time_s']:.3f}s | "
+        f"{record['tokens_per_s']:,.0f} tok/s | {record['tflops_per_device']:.3f} TFLOP/s/dev | "
+        f"MFU {100 * record['mfu']:.1f}% | ETA {format_duration(eta_s)}"
+    )
+
+
+class MetricsWriter:
+    """Writes `metrics.jsonl` (appended, one object per logged step) and TensorBoard scalars."""
+
+    def __init__(self, run_dir: str):
+        self.enabled = jax.process_index() == 0
+        self._tb = None
+        self._jsonl = None
+        if not self.enabled:
+            return
+        from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+
+        os.makedirs(run_dir, exist_ok=True)
+        self._tb = SummaryWriter(logdir=os.path.join(run_dir, "tensorboard"))
+        # Held open for the run and appended to line by line; closed in close().
+        self._jsonl = open(  # pylint: disable=consider-using-with
+            os.path.join(run_dir, "metrics.jsonl"), "a", encoding="utf-8"
+        )
+
+    def write(self, record: dict) -> None:
+        """record has an int `step` and float values; every other key becomes a scalar."""
+        if not self.enabled:
+            return
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+        for key, value in record.items():
+            if key != "step" and isinstance(value, (int, float)):
+                self._tb.add_scalar(key, value, record["step"])
+        self._tb.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self._jsonl.close()
+            self._tb.close()

@@ -1,0 +1,77 @@
+"""The pure train and eval steps: (state, batch) -> (state, metrics). Jitted once by the caller.
+
+A batch is a dict of int32 [B, T] arrays: inputs, inputs_position, inputs_segmentation, targets,
+targets_segmentation (0 = no loss). Gradient accumulation splits the batch into microbatches of strided
+rows (each spread over all data shards), sums token-level losses and gradients, and divides once by the
+total token count, so it equals the large-batch step up to float summation order.
+"""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from MaxText.training.loss import cross_entropy_sums
+from MaxText.training.train_state import TrainState
+
+
+def _sums(model, params, batch, rng, z_loss: float):
+    logits, _ = model.apply(
+        {"params": params},
+        batch["inputs"],
+        batch["inputs_position"],
+        batch["inputs_segmentation"],
+        "train",
+        rngs={"dropout": rng},
+    )
+    return cross_entropy_sums(logits, batch["targets"], batch["targets_segmentation"], z_loss)
+
+
+def _microbatches(batch, n: int):
+    """[B, T] -> [n, B/n, T] taking rows i, i+n, i+2n, ... into microbatch i."""
+    return jax.tree.map(lambda x: x.reshape((x.shape[0] // n, n) + x.shape[1:]).swapaxes(0, 1), batch)
+
+
+def _grads_and_sums(model, params, batch, rng, z_loss, accumulation_steps):
+    def loss_and_sums(p, b, r):
+        sums = _sums(model, p, b, r, z_loss)
+        return sums["loss"], sums
+
+    grad_fn = jax.grad(loss_and_sums, has_aux=True)
+    if accumulation_steps == 1:
+        return grad_fn(params, batch, rng)
+
+    def body(carry, xs):
+        g_acc, s_acc = carry
+        mb, i = xs
+        g, s = grad_fn(params, mb, jax.random.fold_in(rng, i))
+        return (jax.tree.map(jnp.add, g_acc, g), jax.tree.map(jnp.add, s_acc, s)), None
+
+    zeros_g = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    zeros_s = {k: jnp.zeros((), jnp.float32) for k in ("loss", "ce", "z_loss", "tokens")}
+    xs = (_microbatches(batch, accumulation_steps), jnp.arange(accumulation_steps))
+    (grads, sums), _ = jax.lax.scan(body, (zeros_g, zeros_s), xs)
+    return grads, sums
+
+
+def train_step(model, tx, schedule, z_loss, accumulation_steps, seed, state: TrainState, batch):
+    """One optimizer step. Returns the new state and scalar metrics (loss is the mean over target tokens)."""
+    rng = jax.random.fold_in(jax.random.key(seed), state.step)
+    grads, sums = _grads_and_sums(model, state.params, batch, rng, z_loss, accumulation_steps)
+    tokens = jnp.maximum(sums["tokens"], 1.0)
+    grads = jax.tree.map(lambda g, p: (g / tokens).astype(p.dtype), grads, state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {
+        "loss": sums["loss"] / tokens,
+        "z_loss": sums["z_loss"] / tokens,
+        "grad_norm": optax.tree.norm(grads),
+        "lr": schedule(state.step),
+        "tokens": sums["tokens"],
+    }
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def eval_step(model, params, batch):
+    """Sums for one eval batch: {"ce": nats over target tokens, "tokens": count}."""
+    sums = _sums(model, params, batch, jax.random.key(0), 0.0)
+    return {"ce": sums["ce"], "tokens": sums["tokens"]}
