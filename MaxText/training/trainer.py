@@ -250,7 +250,74 @@ def _step_record(s: Setup, step: int, metrics: dict, seconds_per_step: float, to
     }
 
 
-def train(cfg: Config) -> int:  # pylint: disable=too-many-locals,too-many-branches,too-many-statements
+class _Run:  # pylint: disable=too-many-instance-attributes
+    """One training run's loop state. Each concern (log, eval, checkpoint) is a method called per step."""
+
+    def __init__(self, s: Setup, state, data_iter, ckpt, writer, evaluator, meta):
+        self.s, self.cfg = s, s.cfg
+        self.state, self.data_iter, self.ckpt = state, data_iter, ckpt
+        self.writer, self.evaluator, self.meta = writer, evaluator, meta
+        self.p_train, self.p_eval = compile_steps(s)
+        self.step = int(state.step)
+        self.saved_step = self.step
+        self.pending = None  # (step, device metrics) of the newest step, checked one step later
+        self.mark = None  # (time, step) from which step time is measured; reset after eval and saves
+        self.t_start = time.perf_counter()
+
+    def train_one(self) -> None:
+        """Dispatches one step and checks the previous step's loss (one step behind the device)."""
+        self.state, metrics = self.p_train(self.state, to_device(self.s, next(self.data_iter)))
+        self.step += 1
+        if self.pending is not None:
+            _check_finite(*self.pending)  # the previous step: done by now, so this rarely waits
+        self.pending = (self.step, metrics)
+        if self.mark is None:  # the first step compiles; measure from its end
+            _check_finite(*self.pending)
+            self.mark = (time.perf_counter(), self.step)
+            log(f"first step done in {self.mark[0] - self.t_start:.1f}s (includes compilation)")
+
+    def maybe_log(self, last: bool) -> None:
+        """Writes the step record every log_period steps; step time excludes eval and checkpoint time."""
+        if not (self.step % self.cfg.log_period == 0 or last):
+            return
+        _check_finite(*self.pending)
+        now = time.perf_counter()
+        mark_time, mark_step = self.mark
+        per_step = (
+            (now - mark_time) / (self.step - mark_step) if self.step > mark_step else now - self.t_start
+        )
+        record = _step_record(
+            self.s, self.step, self.pending[1], per_step, self.s.global_batch * self.cfg.max_target_length
+        )
+        self.writer.write(record)
+        log(step_line(record, self.cfg.steps, per_step * (self.cfg.steps - self.step)))
+        self.mark = (time.perf_counter(), self.step)
+
+    def maybe_eval(self, last: bool) -> None:
+        """Logs eval loss (and bits per byte) every eval_interval steps and at the last step."""
+        if not ((self.cfg.eval_interval and self.step % self.cfg.eval_interval == 0) or last):
+            return
+        result = {"step": self.step, **self.evaluator(self.p_eval, self.state.params)}
+        self.writer.write(result)
+        log(" | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()))
+        self.mark = (time.perf_counter(), self.step)
+
+    def save(self) -> None:
+        """Saves the current step (never a non-finite one)."""
+        if self.ckpt is None or self.saved_step == self.step:
+            return
+        _check_finite(*self.pending)
+        self.ckpt.save(self.step, self.state, self.data_iter.get_state(), self.meta)
+        self.saved_step = self.step
+        self.mark = (time.perf_counter(), self.step)
+
+    def maybe_save(self, last: bool) -> None:
+        """Saves every checkpoint_period steps and at the last step."""
+        if self.step % self.cfg.checkpoint_period == 0 or last:
+            self.save()
+
+
+def train(cfg: Config) -> int:
     """Runs (or resumes) training as configured. Returns the process exit code."""
     s = build(cfg)
     directory = run_dir(cfg)
@@ -266,75 +333,39 @@ def train(cfg: Config) -> int:  # pylint: disable=too-many-locals,too-many-branc
     writer = MetricsWriter(directory)
     stop = _StopFlag()
     meta = {"config": checkpointing.config_dict(cfg), "tokenizer": tokenizer_id}
-    n_params = None
     try:
         with mesh_lib.activate(s.mesh, s.rules):
             state = _restore_or_init(s, ckpt, data_iter, tokenizer_id)
-            n_params = param_count(state.params)
             log(
-                f"model: {n_params:,} params | devices: {s.mesh.devices.size} ({jax.devices()[0].device_kind}) "
-                f"mesh {dict(s.mesh.shape)} | global batch {s.global_batch} x {cfg.max_target_length} tokens | "
-                f"{s.flops_per_step / 1e12:.3f} TFLOP/step | peak {s.peak_tflops:.3f} TFLOP/s/dev ({s.peak_source})"
+                f"model: {param_count(state.params):,} params | devices: {s.mesh.devices.size} "
+                f"({jax.devices()[0].device_kind}) mesh {dict(s.mesh.shape)} | global batch {s.global_batch} x "
+                f"{cfg.max_target_length} tokens | {s.flops_per_step / 1e12:.3f} TFLOP/step | "
+                f"peak {s.peak_tflops:.3f} TFLOP/s/dev ({s.peak_source})"
             )
-            p_train, p_eval = compile_steps(s)
-            evaluator = _Evaluator(s, dcfg, tokenizer)
-            profiler = _Profiler(cfg, f"{directory}/tensorboard")
-            step = int(state.step)
-            if step >= cfg.steps:
-                log(f"run {cfg.run_name!r} already trained to step {step} (steps={cfg.steps}); nothing to do")
+            if int(state.step) >= cfg.steps:
+                log(
+                    f"run {cfg.run_name!r} already trained to step {int(state.step)} (steps={cfg.steps}); nothing to do"
+                )
                 return 0
-            saved_step, evaluated_step = step, None
-            tokens_per_step = s.global_batch * cfg.max_target_length
-            mark_time, mark_step, pending = None, step, None
-            t_start = time.perf_counter()
-            while step < cfg.steps and not stop.requested:
-                profiler.before_step(step)
-                state, metrics = p_train(state, to_device(s, next(data_iter)))
-                step += 1
-                profiler.after_step(step, state)
-                if pending is not None:
-                    _check_finite(*pending)
-                pending = (step, metrics)
-                if mark_time is None:  # the first step compiles; time from its end
-                    _check_finite(*pending)
-                    mark_time, mark_step = time.perf_counter(), step
-                    log(f"first step done in {mark_time - t_start:.1f}s (includes compilation)")
-                last = step == cfg.steps
-                if step % cfg.log_period == 0 or last:
-                    _check_finite(*pending)
-                    now = time.perf_counter()
-                    per_step = (
-                        (now - mark_time) / max(step - mark_step, 1) if step > mark_step else now - t_start
-                    )
-                    record = _step_record(s, step, metrics, per_step, tokens_per_step)
-                    writer.write(record)
-                    log(step_line(record, cfg.steps, per_step * (cfg.steps - step)))
-                if (cfg.eval_interval and step % cfg.eval_interval == 0) or last:
-                    result = {"step": step, **evaluator(p_eval, state.params)}
-                    writer.write(result)
-                    log(
-                        " | ".join(
-                            f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()
-                        )
-                    )
-                    evaluated_step = step
-                if ckpt and (step % cfg.checkpoint_period == 0 or last):
-                    _check_finite(*pending)
-                    ckpt.save(step, state, data_iter.get_state(), meta)
-                    saved_step = step
+            run = _Run(s, state, data_iter, ckpt, writer, _Evaluator(s, dcfg, tokenizer), meta)
+            profiler = _Profiler(cfg, f"{directory}/tensorboard")
+            while run.step < cfg.steps and not stop.requested:
+                profiler.before_step(run.step)
+                run.train_one()
+                profiler.after_step(run.step, run.state)
+                last = run.step == cfg.steps
+                run.maybe_log(last)
+                run.maybe_eval(last)
+                run.maybe_save(last)
             if stop.requested:
-                log(f"received {stop.requested} at step {step}: saving a checkpoint and exiting")
-                if ckpt and saved_step != step:
-                    _check_finite(*pending)
-                    ckpt.save(step, state, data_iter.get_state(), meta)
-            del evaluated_step
-            log(f"trained to step {step} in {format_duration(time.perf_counter() - t_start)}")
+                log(f"received {stop.requested} at step {run.step}: saving a checkpoint and exiting")
+                run.save()
+            log(f"trained to step {run.step} in {format_duration(time.perf_counter() - run.t_start)}")
             return 0
     except NonFiniteLoss as e:
         last_good = ckpt.latest_step() if ckpt else None
-        log(
-            f"error: {e}. Stopping; the last good checkpoint is step {last_good} in {ckpt.directory if ckpt else '-'}"
-        )
+        where = f"step {last_good} in {ckpt.directory}" if last_good is not None else "none"
+        log(f"error: {e}. Stopping; the last good checkpoint is {where}")
         return EXIT_NON_FINITE
     finally:
         stop.restore()
