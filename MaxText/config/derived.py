@@ -47,6 +47,17 @@ class ModelConfig:  # pylint: disable=too-many-instance-attributes
         return dataclasses.replace(self, **changes)
 
 
+# Run-config keys that define a trained model (with its tokenizer). A checkpoint's saved values of these
+# keys are applied when loading it for decode, so users need not repeat them; the command line still wins.
+MODEL_KEYS = (
+    "decoder_block", "base_emb_dim", "base_num_query_heads", "base_num_kv_heads", "base_mlp_dim",
+    "base_num_decoder_layers", "head_dim", "vocab_size", "mlp_activations", "normalization_layer_epsilon",
+    "logits_via_embedding", "rope_type", "rope_max_timescale", "rope_scaling_factor", "rope_low_freq_factor",
+    "rope_high_freq_factor", "rope_original_max_position_embeddings", "sliding_window_size", "dtype",
+    "weight_dtype", "param_scan_axis", "tokenizer_path", "add_bos", "add_eos",
+)  # fmt: skip
+
+
 def model_config(cfg: Config) -> ModelConfig:
     """The model slice of a run config. The `base_` prefixes are MaxText's key names for the same dims."""
     return ModelConfig(

@@ -65,8 +65,12 @@ def _check_known(key: str, source: str) -> None:
         raise ConfigError(f"unknown key {key!r} ({source}){suggest(key, FIELDS)}")
 
 
-def load_config(argv, known_blocks=None) -> Config:
-    """Builds and validates the Config. Raises ConfigError (one line) on any user mistake."""
+def load_config(argv, known_blocks=None, overlay=None) -> Config:
+    """Builds and validates the Config. Raises ConfigError (one line) on any user mistake.
+
+    overlay: {key: value} applied over the YAML files and under the command line (e.g. the model keys saved
+    with a checkpoint).
+    """
     if not argv or "=" in argv[0]:
         raise ConfigError("expected a config file first, e.g. configs/base.yml key=value ...")
     raw = _read_yaml(argv[0])
@@ -90,6 +94,9 @@ def load_config(argv, known_blocks=None) -> Config:
     for key, (value, src) in raw.items():
         _check_known(key, os.path.relpath(src))
         values[key] = validate.coerce(key, value, from_cli=False, source=os.path.relpath(src))
+    for key, value in (overlay or {}).items():
+        _check_known(key, "checkpoint config")
+        values[key] = validate.coerce(key, value, from_cli=False, source="checkpoint config")
     for key, value in cli.items():
         values[key] = validate.coerce(key, value, from_cli=True, source="command line")
     missing = [k for k in FIELDS if k not in values]

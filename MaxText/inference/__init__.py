@@ -1,0 +1,1 @@
+"""Inference: KV cache, sampling, and prefill / autoregressive decode on the training model."""
