@@ -7,42 +7,16 @@ The model keys and the tokenizer come from the checkpoint's saved config (the co
 Prints each prompt's continuation, the time to first token and decode tokens/s.
 """
 
-import os
 import sys
 
-from MaxText.config import ConfigError, exit_on_config_error, load_config, run_dir
-from MaxText.config.derived import MODEL_KEYS
-
-
-def checkpoint_path(cfg) -> str:
-    """load_parameters_path if given, else the run directory of run_name (which must hold a checkpoint)."""
-    path = cfg.load_parameters_path or run_dir(cfg)
-    if not os.path.exists(path):
-        key = "load_parameters_path" if cfg.load_parameters_path else "run_name"
-        value = cfg.load_parameters_path or cfg.run_name
-        raise ConfigError(
-            f"{key}={value!r}: no checkpoint at {path}; train first or give load_parameters_path"
-        )
-    return path
-
-
-def load_decode_config(argv):
-    """(config with the checkpoint's model keys applied, checkpoint path)."""
-    from MaxText.training import checkpointing  # pylint: disable=import-outside-toplevel
-
-    first = load_config(argv)
-    path = checkpoint_path(first)
-    try:
-        saved = checkpointing.read_meta(path).get("config", {})
-    except FileNotFoundError as e:
-        raise ConfigError(str(e)) from None
-    return load_config(argv, overlay={k: saved[k] for k in MODEL_KEYS if k in saved}), path
+from MaxText.config import ConfigError, exit_on_config_error
+from MaxText.config.checkpoint_overlay import load_config_from_checkpoint
 
 
 @exit_on_config_error
 def main(argv) -> int:
     """Loads the checkpoint, generates for each prompt and prints texts and timings."""
-    cfg, path = load_decode_config(argv)
+    cfg, path = load_config_from_checkpoint(argv, require_checkpoint=True)
     from MaxText.inference import session  # pylint: disable=import-outside-toplevel
 
     decoder = session.DecodeSession.from_checkpoint(cfg, path)
