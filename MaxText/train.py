@@ -24,7 +24,7 @@ def show_sample(cfg) -> None:
         command.append(f"base_output_directory={cfg.base_output_directory}")
     print(f"\n----- sample ({cfg.decode_sampling_strategy}, temperature {cfg.decode_sampling_temperature}):")
     print(f"{prompt}{text}\n-----")
-    print(f"generate more with: {shlex.join(command)} prompt=\"...\"", flush=True)
+    print(f'generate more with: {shlex.join(command)} prompt="..."', flush=True)
 
 
 @exit_on_config_error
@@ -39,10 +39,19 @@ def main(argv) -> int:
     if trainer.jax.process_index() == 0:
         save_config(cfg, os.path.join(run_dir(cfg), "config.yml"))
     code = trainer.train(cfg)
-    sample_ok = cfg.dataset_type == "builtin" and cfg.enable_checkpointing and trainer.jax.process_count() == 1
-    if code == 0 and sample_ok:
+    sample_ok = (
+        cfg.dataset_type == "builtin" and cfg.enable_checkpointing and trainer.jax.process_count() == 1
+    )
+    if code == 0 and sample_ok and _finished(cfg):  # not after a SIGTERM stop: exit promptly then
         show_sample(cfg)
     return code
+
+
+def _finished(cfg) -> bool:
+    from MaxText.training import checkpointing  # pylint: disable=import-outside-toplevel
+
+    step_dir = checkpointing.resolve_step_dir(run_dir(cfg))
+    return int(os.path.basename(step_dir)) >= cfg.steps
 
 
 if __name__ == "__main__":

@@ -34,5 +34,7 @@ def load_config_from_checkpoint(argv, require_checkpoint: bool):
     if not os.path.exists(path):
         key = "load_parameters_path" if first.load_parameters_path else "run_name"
         value = first.load_parameters_path or first.run_name
-        raise ConfigError(f"{key}={value!r}: no checkpoint at {path}; train first or give load_parameters_path")
+        raise ConfigError(
+            f"{key}={value!r}: no checkpoint at {path}; train first or give load_parameters_path"
+        )
     return load_config(argv, overlay=saved_model_keys(path)), path

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 
 from MaxText import input_pipeline
-from MaxText.config import load_config, model_config
+from MaxText.config import ConfigError, load_config, model_config
 from MaxText.layers.decoder import stack_layers, unstack_layers
 from MaxText.parallel import mesh as mesh_lib
 from MaxText.tests.conftest import BASE_YML, TINY
 from MaxText.training import flops, optimizers, trainer
+from MaxText.training.metrics import MetricsWriter
 from MaxText.training.train_state import init_state
 from MaxText.training.train_step import _grads_and_sums
 
@@ -155,3 +156,18 @@ def test_train_writes_metrics_config_and_tensorboard(tmp_path):
     assert keys <= set(steps[0])
     assert all(np.isfinite(r[k]) for r in steps for k in keys)
     assert os.listdir(tmp_path / "m" / "tensorboard")
+
+
+def test_vocab_smaller_than_tokenizer_is_a_config_error(tmp_path):
+    cfg = load_config([BASE_YML, *TINY, "dataset_type=builtin", f"base_output_directory={tmp_path}"])
+    with pytest.raises(ConfigError, match=r"vocab_size 256 is smaller than the tokenizer's vocabulary 4096"):
+        trainer.train(cfg)
+
+
+def test_metrics_file_recovers_from_a_cut_last_line(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo')
+    writer = MetricsWriter(str(tmp_path))
+    writer.write({"step": 2, "loss": 1.5})
+    writer.close()
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1]) == {"step": 2, "loss": 1.5} and len(lines) == 3

@@ -1,9 +1,12 @@
 """Checkpoints with orbax's CheckpointManager: train state, data-iterator state and metadata per step.
 
-Layout: <run dir>/checkpoints/<step>/{state, data_iter, meta}. Orbax writes each step into a temporary
-directory and renames it only when every item is complete, so a kill at any moment (SIGKILL included)
-leaves at most a temporary directory that `latest_step` ignores and the next save cleans up. docs/checkpoints.md
-documents the parameter tree.
+Layout: <run dir>/checkpoints/<step>/{state, data_iter, meta}. Orbax writes each step into
+`<step>.orbax-checkpoint-tmp` and renames it to `<step>` only when every item is complete (on object stores
+without atomic rename it writes `<step>/commit_success.txt` last instead), so a kill at any moment (SIGKILL
+included) leaves at most a temporary directory that `latest_step` ignores and that the next Checkpointer on the
+directory deletes (in the background, before its first save). Old steps beyond max_to_keep are deleted in
+place; a kill during that leaves a partial *older* step, never the latest. docs/checkpoints.md documents the
+parameter tree.
 """
 
 import dataclasses

@@ -36,10 +36,13 @@ class MetricsWriter:
 
         os.makedirs(run_dir, exist_ok=True)
         self._tb = SummaryWriter(logdir=os.path.join(run_dir, "tensorboard"))
+        path = os.path.join(run_dir, "metrics.jsonl")
         # Held open for the run and appended to line by line; closed in close().
-        self._jsonl = open(  # pylint: disable=consider-using-with
-            os.path.join(run_dir, "metrics.jsonl"), "a", encoding="utf-8"
-        )
+        self._jsonl = open(path, "a+", encoding="utf-8")  # pylint: disable=consider-using-with
+        if self._jsonl.tell() > 0:  # a kill mid-write may have cut the last line: start ours on a new one
+            self._jsonl.seek(self._jsonl.tell() - 1)
+            if self._jsonl.read(1) != "\n":
+                self._jsonl.write("\n")
 
     def write(self, record: dict) -> None:
         """record has an int `step` and float values; every other key becomes a scalar."""

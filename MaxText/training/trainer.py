@@ -2,17 +2,20 @@
 
 Exit codes: 0 done (or stopped by SIGTERM/SIGINT after saving), 2 config error, 3 non-finite loss.
 The host never waits on the device except at log, eval and checkpoint steps, and one step behind the
-device to catch a NaN before it can reach a checkpoint.
+device to catch a NaN loss early; before each save the state itself is checked, so a checkpoint is never
+non-finite.
 """
 
 import dataclasses
 import functools
 import math
+import os
 import signal
 import time
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from MaxText import input_pipeline
@@ -34,7 +37,7 @@ def log(message: str) -> None:
 
 
 class NonFiniteLoss(RuntimeError):
-    """Raised when the loss or gradient norm stops being finite."""
+    """Raised when the loss, the gradient norm or (at a save) the train state stops being finite."""
 
 
 @dataclasses.dataclass
@@ -156,7 +159,16 @@ class _StopFlag:
 def _check_finite(step: int, metrics: dict) -> None:
     loss, gnorm = float(metrics["loss"]), float(metrics["grad_norm"])
     if not (math.isfinite(loss) and math.isfinite(gnorm)):
-        raise NonFiniteLoss(f"non-finite training loss at step {step}: loss={loss}, grad_norm={gnorm}")
+        raise NonFiniteLoss(
+            f"non-finite loss or gradient norm at step {step}: loss={loss}, grad_norm={gnorm}"
+        )
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    """True when every float leaf of `tree` is finite (one fused reduction; run at save time only)."""
+    flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(flags)) if flags else jnp.array(True)
 
 
 class _Evaluator:
@@ -188,22 +200,30 @@ class _Evaluator:
 
 
 class _Profiler:
-    """Traces steps [skip, skip + n) into the run's TensorBoard directory when profiler=xplane."""
+    """Traces steps [skip, skip + n) into the run's TensorBoard directory when profiler=xplane.
+
+    A run that ends inside the window (last step, SIGTERM, non-finite loss) still writes what it traced.
+    """
 
     def __init__(self, cfg: Config, logdir: str):
-        self.cfg, self.logdir, self.active = cfg, logdir, False
+        self.cfg, self.logdir, self.active, self.first = cfg, logdir, False, 0
 
     def before_step(self, step: int) -> None:
         if self.cfg.profiler == "xplane" and step == self.cfg.skip_first_n_steps_for_profiler:
             jax.profiler.start_trace(self.logdir)
-            self.active = True
+            self.active, self.first = True, step
 
     def after_step(self, step: int, state) -> None:
         if self.active and step >= self.cfg.skip_first_n_steps_for_profiler + self.cfg.profiler_steps:
-            jax.block_until_ready(state)
-            jax.profiler.stop_trace()
-            self.active = False
-            log(f"profile of {self.cfg.profiler_steps} steps written under {self.logdir}")
+            self.stop(step, state)
+
+    def stop(self, step: int, state) -> None:
+        if not self.active:
+            return
+        jax.block_until_ready(state)
+        jax.profiler.stop_trace()
+        self.active = False
+        log(f"profile of {step - self.first} steps written under {self.logdir}")
 
 
 def _restore_or_init(s: Setup, ckpt, data_iter, tokenizer_id):
@@ -225,7 +245,10 @@ def _restore_or_init(s: Setup, ckpt, data_iter, tokenizer_id):
             raise ConfigError(
                 f"tokenizer_path={cfg.tokenizer_path!r}: differs from the tokenizer this run was trained with"
             )
-        data_iter.set_state(data_state)
+        try:
+            data_iter.set_state(data_state)
+        except ValueError as e:  # the data settings changed since the checkpoint was written
+            raise ConfigError(f"run {cfg.run_name!r} cannot resume from step {latest}: {e}") from e
         log(f"resumed run {cfg.run_name!r} from step {latest} ({ckpt.directory})")
         return state
     state = init_state(s.model, s.tx, cfg.init_weights_seed, s.shardings)
@@ -307,6 +330,10 @@ class _Run:  # pylint: disable=too-many-instance-attributes
         if self.ckpt is None or self.saved_step == self.step:
             return
         _check_finite(*self.pending)
+        # A finite loss does not make the new state finite (an inf learning rate or an overflowing update
+        # shows only in the next step's loss): check the state itself before it can become a checkpoint.
+        if not bool(_all_finite(self.state)):
+            raise NonFiniteLoss(f"non-finite parameters or optimizer state after step {self.step}")
         self.ckpt.save(self.step, self.state, self.data_iter.get_state(), self.meta)
         self.saved_step = self.step
         self.mark = (time.perf_counter(), self.step)
@@ -317,20 +344,33 @@ class _Run:  # pylint: disable=too-many-instance-attributes
             self.save()
 
 
+def _open_data(cfg: Config, dcfg):
+    """(tokenizer or None, train iterator). Data settings that cannot work are config errors (exit 2)."""
+    try:
+        if cfg.dataset_type == "builtin" and not os.path.isfile(cfg.tokenizer_path):
+            raise ConfigError(f"tokenizer_path={cfg.tokenizer_path!r}: no such file")
+        tokenizer = (
+            input_pipeline.load_tokenizer(cfg.tokenizer_path) if cfg.dataset_type == "builtin" else None
+        )
+        return tokenizer, input_pipeline.make_train_iterator(dcfg, jax.process_index(), jax.process_count())
+    except ValueError as e:  # the pipeline's checks name the setting (vocab_size, eval fraction, ...)
+        raise ConfigError(f"dataset_type={cfg.dataset_type!r}: {e}") from None
+
+
 def train(cfg: Config) -> int:
     """Runs (or resumes) training as configured. Returns the process exit code."""
     s = build(cfg)
     directory = run_dir(cfg)
     dcfg = data_config(cfg, s.global_batch)
-    tokenizer = input_pipeline.load_tokenizer(cfg.tokenizer_path) if cfg.dataset_type == "builtin" else None
+    tokenizer, data_iter = _open_data(cfg, dcfg)
     tokenizer_id = tokenizer.identity() if tokenizer else None
-    data_iter = input_pipeline.make_train_iterator(dcfg, jax.process_index(), jax.process_count())
     ckpt = None
     if cfg.enable_checkpointing:
         ckpt = checkpointing.Checkpointer(
             checkpointing.checkpoint_dir(directory), cfg.max_num_checkpoints_to_keep, cfg.async_checkpointing
         )
     writer = MetricsWriter(directory)
+    profiler = _Profiler(cfg, f"{directory}/tensorboard")
     stop = _StopFlag()
     meta = {"config": checkpointing.config_dict(cfg), "tokenizer": tokenizer_id}
     try:
@@ -348,7 +388,6 @@ def train(cfg: Config) -> int:
                 )
                 return 0
             run = _Run(s, state, data_iter, ckpt, writer, _Evaluator(s, dcfg, tokenizer), meta)
-            profiler = _Profiler(cfg, f"{directory}/tensorboard")
             while run.step < cfg.steps and not stop.requested:
                 profiler.before_step(run.step)
                 run.train_one()
@@ -357,18 +396,23 @@ def train(cfg: Config) -> int:
                 run.maybe_log(last)
                 run.maybe_eval(last)
                 run.maybe_save(last)
+            profiler.stop(run.step, run.state)
             if stop.requested:
                 log(f"received {stop.requested} at step {run.step}: saving a checkpoint and exiting")
                 run.save()
             log(f"trained to step {run.step} in {format_duration(time.perf_counter() - run.t_start)}")
             return 0
     except NonFiniteLoss as e:
+        if ckpt:
+            ckpt.wait()  # a save still in flight is of a finite state: let it land before naming the last one
         last_good = ckpt.latest_step() if ckpt else None
         where = f"step {last_good} in {ckpt.directory}" if last_good is not None else "none"
         log(f"error: {e}. Stopping; the last good checkpoint is {where}")
         return EXIT_NON_FINITE
     finally:
         stop.restore()
+        if profiler.active:  # stopped early by an error: still write the trace
+            jax.profiler.stop_trace()
         if ckpt:
             ckpt.close()
         writer.close()
