@@ -32,6 +32,19 @@ class ModelConfig:  # pylint: disable=too-many-instance-attributes
     rope_high_freq_factor: float
     rope_original_max_position_embeddings: int
     sliding_window_size: int
+    sliding_window_pattern: int
+    local_rope_max_timescale: float
+    normalization_type: str
+    normalization_scale_offset: float
+    scale_embeddings_by_sqrt_dim: bool
+    trainable_position_size: int
+    use_bias: bool
+    use_qk_norm: bool
+    use_post_attn_norm: bool
+    use_post_ffw_norm: bool
+    query_pre_attn_scalar: float
+    attn_logits_soft_cap: float
+    final_logits_soft_cap: float
     dropout_rate: float
     dtype: str
     weight_dtype: str
@@ -53,7 +66,11 @@ MODEL_KEYS = (
     "decoder_block", "base_emb_dim", "base_num_query_heads", "base_num_kv_heads", "base_mlp_dim",
     "base_num_decoder_layers", "head_dim", "vocab_size", "mlp_activations", "normalization_layer_epsilon",
     "logits_via_embedding", "rope_type", "rope_max_timescale", "rope_scaling_factor", "rope_low_freq_factor",
-    "rope_high_freq_factor", "rope_original_max_position_embeddings", "sliding_window_size", "dtype",
+    "rope_high_freq_factor", "rope_original_max_position_embeddings", "sliding_window_size",
+    "sliding_window_pattern", "local_rope_max_timescale", "normalization_type", "normalization_scale_offset",
+    "scale_embeddings_by_sqrt_dim", "trainable_position_size", "use_bias", "use_qk_norm",
+    "use_post_attn_norm", "use_post_ffw_norm", "query_pre_attn_scalar", "attn_logits_soft_cap",
+    "final_logits_soft_cap", "dtype",
     "weight_dtype", "param_scan_axis", "tokenizer_path", "add_bos", "add_eos",
 )  # fmt: skip
 
@@ -79,6 +96,19 @@ def model_config(cfg: Config) -> ModelConfig:
         rope_high_freq_factor=cfg.rope_high_freq_factor,
         rope_original_max_position_embeddings=cfg.rope_original_max_position_embeddings,
         sliding_window_size=cfg.sliding_window_size,
+        sliding_window_pattern=cfg.sliding_window_pattern,
+        local_rope_max_timescale=cfg.local_rope_max_timescale,
+        normalization_type=cfg.normalization_type,
+        normalization_scale_offset=cfg.normalization_scale_offset,
+        scale_embeddings_by_sqrt_dim=cfg.scale_embeddings_by_sqrt_dim,
+        trainable_position_size=cfg.trainable_position_size,
+        use_bias=cfg.use_bias,
+        use_qk_norm=cfg.use_qk_norm,
+        use_post_attn_norm=cfg.use_post_attn_norm,
+        use_post_ffw_norm=cfg.use_post_ffw_norm,
+        query_pre_attn_scalar=cfg.query_pre_attn_scalar,
+        attn_logits_soft_cap=cfg.attn_logits_soft_cap,
+        final_logits_soft_cap=cfg.final_logits_soft_cap,
         dropout_rate=cfg.dropout_rate,
         dtype=cfg.dtype,
         weight_dtype=cfg.weight_dtype,

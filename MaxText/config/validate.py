@@ -6,6 +6,7 @@ import yaml
 
 from MaxText.config.errors import ConfigError, suggest
 from MaxText.config.schema import ACTIVATIONS, FIELDS, Config
+from MaxText.models.registry import LOCAL_GLOBAL_BLOCKS
 
 
 def _as_bool(value, bad):
@@ -91,6 +92,29 @@ def _require(cond: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _check_model_features(cfg: Config) -> None:
+    """Rules for the family-specific model keys (layer patterns, learned positions)."""
+    if cfg.decoder_block in LOCAL_GLOBAL_BLOCKS:
+        _require(
+            cfg.sliding_window_pattern >= 1,
+            f"sliding_window_pattern=0: decoder_block={cfg.decoder_block!r} scans groups of "
+            "sliding_window_pattern layers (the last one global); expected >= 1",
+        )
+    else:
+        _require(
+            cfg.sliding_window_pattern == 0,
+            f"sliding_window_pattern={cfg.sliding_window_pattern}: only decoder_block "
+            f"{' or '.join(LOCAL_GLOBAL_BLOCKS)} mixes local and global layers; expected 0 for "
+            f"{cfg.decoder_block!r}",
+        )
+    if cfg.trainable_position_size > 0:
+        _require(
+            cfg.max_target_length <= cfg.trainable_position_size,
+            f"max_target_length={cfg.max_target_length}: must be <= trainable_position_size="
+            f"{cfg.trainable_position_size} (the learned position table has that many rows)",
+        )
+
+
 def check_cross_field(cfg: Config, known_blocks) -> None:
     """Rules that involve several keys. Device-dependent rules live in parallel/mesh.py."""
     _require(
@@ -117,6 +141,7 @@ def check_cross_field(cfg: Config, known_blocks) -> None:
             f"rope_high_freq_factor={cfg.rope_high_freq_factor}: must exceed rope_low_freq_factor="
             f"{cfg.rope_low_freq_factor}",
         )
+    _check_model_features(cfg)
     axes = ["data", "fsdp", "tensor"]
     _require(cfg.mesh_axes == axes, f"mesh_axes={cfg.mesh_axes}: expected {axes}")
     for rule in cfg.logical_axis_rules:

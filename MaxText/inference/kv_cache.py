@@ -1,8 +1,11 @@
 """The contiguous KV cache: an explicit pytree passed into and returned from the model.
 
-Layout: {stack name: {"k": [L, B, S, K, H], "v": [L, B, S, K, H]}} where L is the stack's layer count,
-B batch slots, S cache length, K kv heads and H head dim. Slot s of row b holds the key/value of the token
-at position s of that row. The same layout serves scan_layers true and false.
+Layout: {stack name: per-unit cache} with every array stacked on a leading unit axis U (the stack's length).
+A unit of one layer has the cache {"k": [U, B, S, K, H], "v": [U, B, S, K, H]}; a unit that groups several
+layers (registry.Stack.sublayers, e.g. Gemma 2's ("local", "global")) has {sublayer: {"k": ..., "v": ...}}.
+B batch slots, S cache length, K kv heads, H head dim. Slot s of row b holds the key/value of the token at
+position s of that row; sliding-window layers keep every slot too and mask by position. The same layout
+serves scan_layers true and false.
 """
 
 import jax.numpy as jnp
@@ -18,5 +21,12 @@ def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=None) -> dict:
     cache = {}
     for stack in registry.stacks(cfg):
         shape = (stack.length, batch, length, cfg.num_kv_heads, cfg.head_dim)
-        cache[stack.name] = {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+        def layer_cache(shape=shape):
+            return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+        if stack.sublayers:
+            cache[stack.name] = {name: layer_cache() for name in stack.sublayers}
+        else:
+            cache[stack.name] = layer_cache()
     return cache

@@ -22,6 +22,7 @@ from MaxText import kernels
 from MaxText.layers.common import constrain
 from MaxText.layers.embeddings import RopeConfig, apply_rope
 from MaxText.layers.linears import DenseGeneral
+from MaxText.layers.normalizations import RMSNorm
 
 MODES = ("train", "prefill", "autoregressive")
 
@@ -36,9 +37,11 @@ def write_cache(cache: dict, k, v, positions) -> dict:
 
 
 class Attention(nn.Module):
-    """Self-attention. Parameters: query [D, N, H], key/value [D, K, H], out [N, H, D].
+    """Self-attention. Parameters: query [D, N, H], key/value [D, K, H], out [N, H, D] (plus biases [N, H],
+    [K, H], [D] with use_bias, and query_norm/key_norm scales [H] with qk_norm).
 
     scale defaults to 1/sqrt(H); it is applied to the scores, never folded into the weights.
+    qk_norm: RMSNorm over H of each query and key head before RoPE, computing x_hat * (qk_norm_offset + w).
     """
 
     num_query_heads: int
@@ -50,6 +53,10 @@ class Attention(nn.Module):
     sliding_window: int = 0
     soft_cap: float = 0.0
     block_size: int = 128
+    use_bias: bool = False
+    qk_norm: bool = False
+    qk_norm_epsilon: float = 1e-6
+    qk_norm_offset: float = 0.0
     dtype: jnp.dtype = jnp.float32
     weight_dtype: jnp.dtype = jnp.float32
     precision: jax.lax.Precision = jax.lax.Precision.DEFAULT
@@ -70,7 +77,9 @@ class Attention(nn.Module):
         """x [B, T, D], positions/segment_ids [B, T] -> (out [B, T, D], new cache or None)."""
         if mode not in MODES:
             raise ValueError(f"mode={mode!r}: expected one of {MODES}")
-        dense = dict(dtype=self.dtype, weight_dtype=self.weight_dtype, precision=self.precision)
+        dense = dict(
+            dtype=self.dtype, weight_dtype=self.weight_dtype, precision=self.precision, use_bias=self.use_bias
+        )
         n, kh, h = self.num_query_heads, self.num_kv_heads, self.head_dim
         q = DenseGeneral((n, h), kernel_axes=("embed", "q_heads", "kv"), name="query", **dense)(x)
         k = DenseGeneral((kh, h), kernel_axes=("embed", "kv_heads", "kv"), name="key", **dense)(x)
@@ -80,6 +89,15 @@ class Attention(nn.Module):
             checkpoint_name(k, "key_proj"),
             checkpoint_name(v, "value_proj"),
         )
+        if self.qk_norm:
+            norm = dict(
+                epsilon=self.qk_norm_epsilon,
+                scale_offset=self.qk_norm_offset,
+                dtype=self.dtype,
+                weight_dtype=self.weight_dtype,
+            )
+            q = RMSNorm(name="query_norm", **norm)(q)
+            k = RMSNorm(name="key_norm", **norm)(k)
         if self.rope is not None:
             q, k = apply_rope(q, positions, self.rope), apply_rope(k, positions, self.rope)
         q = constrain(q, ("activation_batch", "activation_length", "activation_heads", "activation_kv"))

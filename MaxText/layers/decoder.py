@@ -2,15 +2,22 @@
 
 Parameter tree (scan_layers=true, param_scan_axis=1; docs/checkpoints.md has the full layout):
   token_embedder/embedding                     [V, D]
+  decoder/position_embedder/embedding          [P, D]   (only when trainable_position_size P > 0)
   decoder/<stack>/<block params>               layer axis inserted at param_scan_axis, logical name "layers"
   decoder/decoder_norm/scale                   [D]
   decoder/logits_dense/kernel                  [D, V]   (only when logits_via_embedding is false)
 With scan_layers=false each layer is its own subtree `decoder/<stack>_<i>/...`.
 
-The KV cache is a dict {stack name: per-layer cache stacked on a leading layer axis}, the same with or
+A stack's scanned unit is one layer or a group of layers (Gemma 2/3: local/global groups; registry.Stack).
+The KV cache is a dict {stack name: per-unit cache stacked on a leading unit axis}, the same with or
 without scan, so decode code never depends on how the layers were built.
+
+Model-level numerics from the config: token embeddings x sqrt(D) in the activation dtype
+(scale_embeddings_by_sqrt_dim), learned positions added to them, the final norm's type and offset, and the
+final logit soft cap cap * tanh(logits / cap).
 """
 
+import math
 from typing import Optional
 
 import flax.linen as nn
@@ -21,7 +28,7 @@ from MaxText.config.derived import ModelConfig
 from MaxText.layers.common import constrain, dtype_of, precision_of
 from MaxText.layers.embeddings import Embed
 from MaxText.layers.linears import DenseGeneral
-from MaxText.layers.normalizations import RMSNorm
+from MaxText.layers.normalizations import make_norm
 from MaxText.models import registry
 
 _NAMES = {
@@ -84,6 +91,16 @@ class Decoder(nn.Module):
         cfg = self.config
         dtype, wdtype = dtype_of(cfg.dtype), dtype_of(cfg.weight_dtype)
         x = self.shared_embedding(ids)
+        if cfg.scale_embeddings_by_sqrt_dim:
+            x = x * jnp.asarray(math.sqrt(cfg.emb_dim), x.dtype)
+        if cfg.trainable_position_size > 0:
+            x = x + Embed(
+                num_embeddings=cfg.trainable_position_size,
+                features=cfg.emb_dim,
+                dtype=dtype,
+                weight_dtype=wdtype,
+                name="position_embedder",
+            )(positions)
         x = constrain(x, ("activation_batch", "activation_length", "activation_embed"))
         new_cache = {} if cache is not None else None
         for stack in registry.stacks(cfg):
@@ -91,8 +108,13 @@ class Decoder(nn.Module):
             x, c = self._run_stack(stack, x, positions, segment_ids, mode, stack_cache)
             if cache is not None:
                 new_cache[stack.name] = c
-        x = RMSNorm(
-            epsilon=cfg.normalization_layer_epsilon, dtype=dtype, weight_dtype=wdtype, name="decoder_norm"
+        x = make_norm(
+            cfg.normalization_type,
+            "decoder_norm",
+            epsilon=cfg.normalization_layer_epsilon,
+            scale_offset=cfg.normalization_scale_offset,
+            dtype=dtype,
+            weight_dtype=wdtype,
         )(x)
         logits_dtype = jnp.float32 if cfg.logits_dot_in_fp32 else dtype
         if cfg.logits_via_embedding:
@@ -106,6 +128,8 @@ class Decoder(nn.Module):
                 precision=precision_of(cfg.matmul_precision),
                 name="logits_dense",
             )(x)
+        if cfg.final_logits_soft_cap > 0:
+            logits = cfg.final_logits_soft_cap * jnp.tanh(logits / cfg.final_logits_soft_cap)
         logits = constrain(logits, ("activation_batch", "activation_length", "activation_vocab"))
         return logits, new_cache
 

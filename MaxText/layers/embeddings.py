@@ -65,11 +65,14 @@ class RopeConfig:
 
 
 def inverse_frequencies(rope: RopeConfig) -> jnp.ndarray:
-    """Per-pair inverse frequencies [H/2] in float32, with llama3 scaling when rope_type == 'llama3'."""
+    """Per-pair inverse frequencies [H/2] in float32: llama3 scaling when rope_type == 'llama3', and all
+    frequencies divided by `factor` (positions interpolated) when rope_type == 'linear'."""
     exponents = jnp.arange(0, rope.head_dim, 2, dtype=jnp.float32) / rope.head_dim
     inv_freq = 1.0 / (rope.theta**exponents)
     if rope.rope_type == "default":
         return inv_freq
+    if rope.rope_type == "linear":
+        return inv_freq / rope.factor
     # Llama 3.1: long wavelengths are slowed by `factor`, short ones kept, and the band between blended.
     low_wavelen = rope.original_max_position / rope.low_freq_factor
     high_wavelen = rope.original_max_position / rope.high_freq_factor

@@ -10,16 +10,31 @@ from typing import NamedTuple
 FAMILIES = {
     "llama2": "MaxText.models.llama",
     "mistral": "MaxText.models.llama",
+    "gemma": "MaxText.models.gemma",
+    "gemma2": "MaxText.models.gemma2",
+    "gemma3": "MaxText.models.gemma3",
+    "qwen3": "MaxText.models.qwen3",
+    "gpt3": "MaxText.models.gpt3",
 }
 BLOCK_NAMES = tuple(FAMILIES)
+# Blocks whose scanned unit is a group of `sliding_window_pattern` layers: local (sliding window) ones, then
+# one global. The other blocks scan single layers and need sliding_window_pattern = 0.
+LOCAL_GLOBAL_BLOCKS = ("gemma2", "gemma3")
 
 
 class Stack(NamedTuple):
-    """A run of identical scanned units. `block` is a Linen module class; `length` units of it."""
+    """A run of identical scanned units. `block` is a Linen module class; `length` units of it.
+
+    sublayers: names of the layers inside one unit, each with its own KV cache (() = the unit is one layer).
+    global_layers: for each sublayer (or the one layer), whether it attends globally rather than through
+    the sliding window; used for FLOP counts.
+    """
 
     name: str
     block: type
     length: int
+    sublayers: tuple = ()
+    global_layers: tuple = (False,)
 
 
 def stacks(cfg) -> list:

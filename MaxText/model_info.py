@@ -1,0 +1,79 @@
+"""Model size and training cost, without allocating: python3 -m MaxText.model_info configs/base.yml
+model_name=X [key=value ...]
+
+The model is built abstractly (jax.eval_shape of its initialisation), so any size works on a laptop.
+Prints exactly four lines:
+  total_params: <int>                every parameter once (tied embeddings once; learned positions included)
+  active_params: <int>               parameters used per token, embeddings included (= total for dense models)
+  train_flops_per_token: <int>       analytic training FLOPs per token at max_target_length
+  bytes_params_and_optimizer: <int>  parameters in weight_dtype + AdamW's mu and nu, counted in float32
+                                     (8 bytes per parameter), ignoring the optimizer's scalar step count
+
+FLOPs follow MaxText.training.flops (6 x matmul params + causal attention + logits, per token; biases,
+norms and soft caps are not counted), except that a sliding window shortens attention only in the layers
+that use it: Gemma 2/3's global layers attend over the whole sequence.
+"""
+
+import sys
+
+import jax
+
+from MaxText.config import exit_on_config_error, load_config, model_config
+from MaxText.config.derived import ModelConfig
+from MaxText.models import registry
+from MaxText.training import flops
+from MaxText.training.train_state import init_params_boxed, make_model
+
+ADAM_STATE_BYTES_PER_PARAM = 8  # mu and nu, float32 each
+
+
+def abstract_params(cfg: ModelConfig) -> dict:
+    """The parameter tree as ShapeDtypeStructs (nothing allocated)."""
+    model = make_model(cfg)
+    boxed = jax.eval_shape(lambda: init_params_boxed(model, jax.random.key(0)))
+    return jax.tree.map(
+        lambda x: x.value if hasattr(x, "value") else x, boxed, is_leaf=lambda x: hasattr(x, "value")
+    )
+
+
+def attended_pairs_per_row(cfg: ModelConfig, length: int) -> float:
+    """Causal (query, key) pairs summed over all layers, each layer with its own window (0 for global)."""
+    total = 0.0
+    for stack in registry.stacks(cfg):
+        for is_global in stack.global_layers:
+            window = 0 if is_global else cfg.sliding_window_size
+            total += stack.length * flops.attended_pairs(length, window)
+    return total
+
+
+def train_flops_per_token(cfg: ModelConfig, length: int) -> float:
+    """flops.train_flops_per_step(cfg, 1, length) / length, with per-layer sliding windows."""
+    weights = 6 * flops.matmul_params_per_layer(cfg) * cfg.num_decoder_layers
+    attention = 12 * attended_pairs_per_row(cfg, length) * cfg.num_query_heads * cfg.head_dim / length
+    logits = 6 * cfg.emb_dim * cfg.vocab_size
+    return weights + attention + logits
+
+
+def model_info(cfg: ModelConfig, length: int) -> dict:
+    """{"total_params", "active_params", "train_flops_per_token", "bytes_params_and_optimizer"} as ints."""
+    leaves = jax.tree.leaves(abstract_params(cfg))
+    total = sum(int(x.size) for x in leaves)
+    param_bytes = sum(int(x.size) * x.dtype.itemsize for x in leaves)
+    return {
+        "total_params": total,
+        "active_params": total,  # dense families only: every parameter is used for every token
+        "train_flops_per_token": int(round(train_flops_per_token(cfg, length))),
+        "bytes_params_and_optimizer": param_bytes + ADAM_STATE_BYTES_PER_PARAM * total,
+    }
+
+
+@exit_on_config_error
+def main(argv) -> int:
+    cfg = load_config(argv)
+    for key, value in model_info(model_config(cfg), cfg.max_target_length).items():
+        print(f"{key}: {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,321 @@
+"""The dense families against Hugging Face (float32 logits, greedy generation), decode == forward for every
+family (sliding windows shorter than the sequence, grouped stacks with a tail, unscanned), and one training
+step per family.
+
+For each of gemma, gemma2, gemma3 (text) and qwen3 a tiny random Hugging Face model with the family's
+special features switched on (GQA/MQA, sliding window < sequence, soft caps, local/global rope with linear
+scaling, qk-norm, 1 + w norms) is mapped onto our parameters with MaxText.models.hf_mappings (transpose,
+reshape and stack only) and its config onto our keys with hf_config_to_keys.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+# pylint: disable=wrong-import-position
+from MaxText import input_pipeline
+from MaxText.config import load_config, model_config
+from MaxText.inference.generate import DecodeSettings, Generator, decode_step, prefill
+from MaxText.inference.kv_cache import init_cache
+from MaxText.inference.sampling import SamplingConfig
+from MaxText.models import hf_mappings
+from MaxText.parallel import mesh as mesh_lib
+from MaxText.tests.conftest import BASE_YML, TINY
+from MaxText.training import trainer
+from MaxText.training.train_state import init_state, make_model
+
+VOCAB, B, T = 128, 2, 24
+COMMON = dict(
+    vocab_size=VOCAB,
+    hidden_size=64,
+    intermediate_size=96,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    max_position_embeddings=128,
+    initializer_range=0.15,
+    attn_implementation="eager",
+)
+GEMMA3_ROPE = {
+    "sliding_attention": {"rope_type": "default", "rope_theta": 100.0},
+    "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1000.0},
+}
+# family -> (config class, model class, special features on). Windows of 6 < T; gemma3 groups of 3 layers
+# with 5 layers gives one (local, local, global) group and a tail of 2 local layers.
+HF_MODELS = {
+    "gemma": ("GemmaConfig", "GemmaForCausalLM", dict(num_hidden_layers=2, num_key_value_heads=1)),
+    "gemma2": (
+        "Gemma2Config",
+        "Gemma2ForCausalLM",
+        dict(
+            num_hidden_layers=4,
+            sliding_window=6,
+            query_pre_attn_scalar=24,
+            attn_logit_softcapping=2.0,
+            final_logit_softcapping=3.0,
+        ),
+    ),
+    "gemma3": (
+        "Gemma3TextConfig",
+        "Gemma3ForCausalLM",
+        dict(
+            num_hidden_layers=5,
+            sliding_window=6,
+            sliding_window_pattern=3,
+            query_pre_attn_scalar=24,
+            rope_parameters=GEMMA3_ROPE,
+        ),
+    ),
+    "qwen3": (
+        "Qwen3Config",
+        "Qwen3ForCausalLM",
+        dict(
+            num_hidden_layers=2,
+            tie_word_embeddings=False,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e4},
+        ),
+    ),
+}
+# Each switch turns one special feature off; the test shows it changes HF's logits, so the inputs exercise it.
+FEATURE_OFF = {
+    "gemma2": [
+        {"sliding_window": 64},
+        {"attn_logit_softcapping": None},
+        {"final_logit_softcapping": None},
+        {"query_pre_attn_scalar": 16},
+    ],
+    "gemma3": [
+        {"sliding_window": 64},
+        {"rope_parameters": {**GEMMA3_ROPE, "sliding_attention": GEMMA3_ROPE["full_attention"]}},
+        {
+            "rope_parameters": {
+                **GEMMA3_ROPE,
+                "full_attention": {"rope_type": "default", "rope_theta": 1000.0},
+            }
+        },
+    ],
+}
+FAMILIES = list(HF_MODELS)
+
+
+def _hf_config(family, **overrides):
+    config_cls, _, extra = HF_MODELS[family]
+    return getattr(transformers, config_cls)(**{**COMMON, **extra, **overrides})
+
+
+def _hf_logits(model, ids) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.as_tensor(np.asarray(ids), dtype=torch.long)).logits.float().numpy()
+
+
+def _ids(seed=0, shape=(B, T)):
+    return np.random.default_rng(seed).integers(0, VOCAB, size=shape)
+
+
+def _load(keys: dict, *overrides):
+    cfg = load_config([BASE_YML, "run_name=t", "matmul_precision=highest", *overrides], overlay=keys)
+    return model_config(cfg)
+
+
+@functools.lru_cache(maxsize=None)
+def hf_case(family: str):
+    """(HF model, our ModelConfig, our model, params mapped from the HF state dict, HF logits)."""
+    torch.manual_seed(0)
+    hf = getattr(transformers, HF_MODELS[family][1])(_hf_config(family)).eval()
+    with torch.no_grad():  # norms start at zero (1 + w) or one; random values exercise them
+        for name, p in hf.named_parameters():
+            if "norm" in name:
+                p.add_(0.2 * torch.randn_like(p))
+    cfg = _load(hf_mappings.hf_config_to_keys(hf.config.to_dict()))
+    params = hf_mappings.hf_to_params(cfg.decoder_block, hf.state_dict(), cfg)
+    return hf, cfg, make_model(cfg), params, _hf_logits(hf, _ids())
+
+
+def _forward(model, params, ids):
+    b, t = ids.shape
+    positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    logits, _ = model.apply(
+        {"params": params}, jnp.asarray(ids), positions, jnp.ones((b, t), jnp.int32), "train"
+    )
+    return np.asarray(logits)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_logits_match_hf(family):
+    hf, _, model, params, want = hf_case(family)
+    del hf
+    diff = float(np.abs(_forward(model, params, _ids()) - want).max())
+    print(f"\n{family}: max |logits - HF| = {diff:.3e}")
+    assert diff <= 1e-4
+
+
+@pytest.mark.parametrize("family", list(FEATURE_OFF))
+def test_inputs_exercise_the_family_features(family):
+    hf, _, _, _, want = hf_case(family)
+    for off in FEATURE_OFF[family]:
+        plain = type(hf)(_hf_config(family, **off)).eval()
+        plain.load_state_dict(hf.state_dict())
+        assert np.abs(_hf_logits(plain, _ids()) - want).max() > 1e-2, off
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_greedy_generation_matches_hf(family):
+    hf, _, model, params, _ = hf_case(family)
+    prompts = [list(_ids(1, (7,))), list(_ids(2, (4,)))]
+    new = 12  # past the window of 6
+    settings = DecodeSettings(
+        prefill_length=8, max_new=new, eos_id=-1, pad_id=0, sampling=SamplingConfig("greedy")
+    )
+    ours = Generator(model, params, settings).generate(prompts)["tokens"]
+    hf.generation_config.eos_token_id = None
+    for prompt, got in zip(prompts, ours):
+        with torch.no_grad():
+            ref = hf.generate(
+                torch.as_tensor([prompt]),
+                max_new_tokens=new,
+                do_sample=False,
+                pad_token_id=0,
+                eos_token_id=None,
+            )
+        assert got == ref[0, len(prompt) :].tolist()
+
+
+def test_mapping_round_trips_and_names_missing_tensors():
+    hf, cfg, _, params, _ = hf_case("gemma3")
+    state = {k: v.numpy() for k, v in hf.state_dict().items() if k != "lm_head.weight"}  # tied
+    back = hf_mappings.params_to_hf("gemma3", params, cfg)
+    assert sorted(back) == sorted(state)
+    for name, x in state.items():
+        np.testing.assert_array_equal(back[name], x)
+    assert params["decoder"]["tail"]["self_attention"]["query_norm"]["scale"].shape == (16, 2)
+    assert params["decoder"]["layers"]["global"]["post_ffw_norm"]["scale"].shape == (64, 1)
+    del state["model.layers.4.self_attn.k_norm.weight"]
+    with pytest.raises(Exception, match="model.layers.4.self_attn.k_norm.weight"):
+        hf_mappings.hf_to_params("gemma3", state, cfg)
+
+
+def _decode_matches_forward(cfg, model, params):
+    """Prefill a padded bucket, then decode token by token: every step's logits equal the forward pass."""
+    ids = jnp.asarray(_ids(7, (3, T)))
+    lengths = np.array([4, 9, 1])
+    want = _forward(model, params, np.asarray(ids))
+    bucket = 10
+    padded = jnp.where(jnp.arange(bucket)[None] < lengths[:, None], ids[:, :bucket], 0)
+    cache = init_cache(cfg, 3, T + 2)
+    last, cache = jax.jit(lambda p, i, l, c: prefill(model, p, i, l, c))(
+        params, padded, jnp.asarray(lengths), cache
+    )
+    np.testing.assert_allclose(last, want[np.arange(3), lengths - 1], atol=2e-5)
+    step = jax.jit(lambda p, t, pos, c: decode_step(model, p, t, pos, c))
+    positions = lengths.copy()
+    for _ in range(T - int(lengths.min())):
+        pos = np.minimum(positions, T - 1)
+        logits, cache = step(params, ids[np.arange(3), pos], jnp.asarray(pos), cache)
+        for b in range(3):
+            if positions[b] < T:
+                np.testing.assert_allclose(logits[b], want[b, positions[b]], atol=2e-5)
+        positions = positions + 1
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_prefill_then_decode_equals_forward(family):
+    _, cfg, model, params, _ = hf_case(family)
+    _decode_matches_forward(cfg, model, params)
+
+
+def test_prefill_then_decode_equals_forward_unscanned_groups():
+    hf, cfg, _, _, want = hf_case("gemma3")
+    cfg = cfg.replace(scan_layers=False)
+    model = make_model(cfg)
+    params = hf_mappings.hf_to_params("gemma3", hf.state_dict(), cfg)
+    assert {"layers_0", "tail_0", "tail_1"} <= set(params["decoder"])
+    np.testing.assert_allclose(_forward(model, params, _ids()), want, atol=1e-4)
+    _decode_matches_forward(cfg, model, params)
+
+
+def _init(cfg):
+    model = make_model(cfg)
+    boxed = model.init(
+        jax.random.key(0),
+        jnp.zeros((1, 8), jnp.int32),
+        jnp.arange(8)[None],
+        jnp.ones((1, 8), jnp.int32),
+        "train",
+    )
+    return model, jax.tree.map(
+        lambda x: x.value if hasattr(x, "value") else x,
+        boxed["params"],
+        is_leaf=lambda x: hasattr(x, "value"),
+    )
+
+
+def test_gpt3_decode_equals_forward():
+    cfg = model_config(load_config([BASE_YML, "model_name=gpt3-52k", "matmul_precision=highest"]))
+    model, params = _init(cfg)
+    assert params["decoder"]["position_embedder"]["embedding"].shape == (2048, 16)
+    assert params["decoder"]["layers"]["mlp"]["wi"]["bias"].shape == (64, 1)  # [F, layers]
+    assert set(params["decoder"]["layers"]["pre_self_attention_norm"]) == {"scale", "bias"}
+    _decode_matches_forward(cfg, model, params)
+
+
+def _cli(keys: dict) -> list:
+    def text(v):
+        if isinstance(v, bool):
+            return str(v).lower()
+        if isinstance(v, list):
+            return "[" + ",".join(map(str, v)) + "]"
+        return str(v)
+
+    return [f"{k}={text(v)}" for k, v in keys.items()]
+
+
+def _train_losses(overrides, steps=3):
+    """Losses of `steps` optimizer steps on one repeated batch (so the loss must fall)."""
+    cfg = load_config([BASE_YML, *TINY, "per_device_batch_size=2", "max_target_length=16", *overrides])
+    s = trainer.build(cfg, jax.devices()[:1])
+    p_train, _ = trainer.compile_steps(s)
+    batch = next(input_pipeline.make_train_iterator(trainer.data_config(cfg, s.global_batch)))
+    losses = []
+    with mesh_lib.activate(s.mesh, s.rules):
+        state = init_state(s.model, s.tx, cfg.init_weights_seed, s.shardings)
+        for _ in range(steps):
+            state, metrics = p_train(state, trainer.to_device(s, batch))
+            losses.append(float(metrics["loss"]))
+    return np.array(losses)
+
+
+@pytest.mark.parametrize("family", ["gpt3-52k", *FAMILIES])
+def test_trains(family):
+    if family.startswith("gpt3"):
+        overrides = [f"model_name={family}"]
+    else:
+        overrides = _cli(hf_mappings.hf_config_to_keys(hf_case(family)[0].config.to_dict()))
+    losses = _train_losses(overrides)
+    assert np.all(np.isfinite(losses)) and losses[-1] < losses[0], losses
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        (
+            ["model_name=llama3-8b", "sliding_window_pattern=2"],
+            "sliding_window_pattern=2: only decoder_block",
+        ),
+        (
+            ["model_name=gemma2-2b", "sliding_window_pattern=0"],
+            "sliding_window_pattern=0: decoder_block='gemma2'",
+        ),
+        (["model_name=gpt3-52k", "max_target_length=4096"], "must be <= trainable_position_size=2048"),
+        (["normalization_type=batchnorm"], "normalization_type='batchnorm': expected one of"),
+    ],
+)
+def test_family_key_errors_are_one_line(overrides, fragment):
+    with pytest.raises(Exception, match=fragment.replace("(", r"\(")) as e:
+        load_config([BASE_YML, *overrides])
+    assert "\n" not in str(e.value)
