@@ -20,7 +20,6 @@ import jax
 
 from MaxText.config import exit_on_config_error, load_config, model_config
 from MaxText.config.derived import ModelConfig
-from MaxText.models import registry
 from MaxText.training import flops
 from MaxText.training.train_state import init_params_boxed, make_model
 
@@ -36,22 +35,9 @@ def abstract_params(cfg: ModelConfig) -> dict:
     )
 
 
-def attended_pairs_per_row(cfg: ModelConfig, length: int) -> float:
-    """Causal (query, key) pairs summed over all layers, each layer with its own window (0 for global)."""
-    total = 0.0
-    for stack in registry.stacks(cfg):
-        for is_global in stack.global_layers:
-            window = 0 if is_global else cfg.sliding_window_size
-            total += stack.length * flops.attended_pairs(length, window)
-    return total
-
-
 def train_flops_per_token(cfg: ModelConfig, length: int) -> float:
-    """flops.train_flops_per_step(cfg, 1, length) / length, with per-layer sliding windows."""
-    weights = 6 * flops.matmul_params_per_layer(cfg) * cfg.num_decoder_layers
-    attention = 12 * attended_pairs_per_row(cfg, length) * cfg.num_query_heads * cfg.head_dim / length
-    logits = 6 * cfg.emb_dim * cfg.vocab_size
-    return weights + attention + logits
+    """Analytic training FLOPs per token at sequence length `length` (formula in training/flops.py)."""
+    return flops.train_flops_per_step(cfg, 1, length) / length
 
 
 def model_info(cfg: ModelConfig, length: int) -> dict:

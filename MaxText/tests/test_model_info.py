@@ -112,7 +112,7 @@ def test_flops_apply_windows_only_to_local_layers():
     saved *= flops.attended_pairs(length, 0) - flops.attended_pairs(length, 4096)
     assert model_info.model_info(mcfg, length)["train_flops_per_token"] == round(full - saved)
     g3 = _mcfg("model_name=gemma3-1b")  # 26 layers: 4 groups of (5 local, 1 global) + 2 local
-    assert model_info.attended_pairs_per_row(g3, 2048) == 4 * flops.attended_pairs(2048, 0) + 22 * (
+    assert flops.attended_pairs_all_layers(g3, 2048) == 4 * flops.attended_pairs(2048, 0) + 22 * (
         flops.attended_pairs(2048, 512)
     )
 

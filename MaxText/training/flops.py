@@ -5,7 +5,9 @@ Training FLOPs per step (the model's FLOPs; remat recompute is not counted):
   + 2 * 2 * pairs * N * H * L * 3                 attention scores (QK^T) and values (PV), fwd + bwd
   + 6 * tokens * D * V                            output logits
 where P_matmul counts the non-embedding matmul parameters (q, k, v, o and the MLP), tokens = B x T and
-`pairs` the (query, key) pairs attended per row: T^2 / 2 for causal attention, fewer with a window W < T.
+`pairs` the (query, key) pairs attended per row, summed per layer: T^2 / 2 for causal attention, fewer in
+layers with a window W < T (Gemma 2/3 alternate windowed and global layers). The per-layer pair count
+replaces DESIGN's `S^2 x layers / 2`; they agree when no layer has a window.
 MFU = (FLOPs per step / step time) / (devices x peak FLOP/s per device).
 """
 
@@ -15,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from MaxText.config.derived import ModelConfig
+from MaxText.models import registry
 
 # Dense bf16 peak TFLOP/s per device (chip) from vendor data sheets, matched against device_kind.
 PEAK_TFLOPS = (
@@ -44,11 +47,20 @@ def attended_pairs(length: int, window: int) -> float:
     return window * (window + 1) / 2 + (length - window) * window
 
 
+def attended_pairs_all_layers(cfg: ModelConfig, length: int) -> float:
+    """Causal (query, key) pairs per row summed over all layers, each layer with its own window."""
+    total = 0.0
+    for stack in registry.stacks(cfg):
+        for is_global in stack.global_layers:
+            window = 0 if is_global else cfg.sliding_window_size
+            total += stack.length * attended_pairs(length, window)
+    return total
+
+
 def train_flops_per_step(cfg: ModelConfig, batch: int, length: int) -> float:
     tokens = batch * length
     weights = 6 * matmul_params_per_layer(cfg) * cfg.num_decoder_layers * tokens
-    attention = 12 * batch * attended_pairs(length, cfg.sliding_window_size) * cfg.num_query_heads
-    attention *= cfg.head_dim * cfg.num_decoder_layers
+    attention = 12 * batch * attended_pairs_all_layers(cfg, length) * cfg.num_query_heads * cfg.head_dim
     logits = 6 * tokens * cfg.emb_dim * cfg.vocab_size
     return float(weights + attention + logits)
 
