@@ -30,7 +30,7 @@ def test_defaults_load(base_yml):
 def test_precedence_cli_over_model_over_base(base_yml):
     cfg = load_config([base_yml, "model_name=llama3-8b"])
     assert cfg.base_num_kv_heads == 8 and cfg.vocab_size == 128256  # model YAML over base
-    assert cfg.steps == 200  # base kept where the model YAML is silent
+    assert cfg.steps == 300  # base kept where the model YAML is silent
     cfg = load_config([base_yml, "model_name=llama3-8b", "base_num_kv_heads=4", "learning_rate=1e-4"])
     assert cfg.base_num_kv_heads == 4 and cfg.learning_rate == 1e-4  # CLI over model YAML
 
