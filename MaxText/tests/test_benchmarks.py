@@ -1,0 +1,68 @@
+"""benchmarks/train_throughput.py runs end to end on a tiny config and writes the documented JSON record."""
+
+import json
+import os
+import subprocess
+import sys
+
+from MaxText import paths
+
+SCRIPT = os.path.join(paths.REPO_ROOT, "benchmarks", "train_throughput.py")
+
+
+def _env_without_device_count():
+    """The test session forces 8 fake devices; the benchmark must pick its own default of one."""
+    env = dict(os.environ)
+    flags = [f for f in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
+    env["XLA_FLAGS"] = " ".join(flags)
+    env["JAX_PLATFORMS"] = "cpu"
+    return env
+
+
+def test_train_throughput_writes_json(tmp_path):
+    out = tmp_path / "result.json"
+    cmd = [
+        sys.executable, SCRIPT, "configs/base.yml", "model_name=test-tiny", "max_target_length=32",
+        "dataset_type=synthetic", "peak_tflops_per_device=0.5", "--steps", "2", "--warmup", "1",
+        "--out", str(out),
+    ]  # fmt: skip
+    proc = subprocess.run(
+        cmd,
+        cwd=paths.REPO_ROOT,
+        env=_env_without_device_count(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "tokens/s" in proc.stdout and "MFU" in proc.stdout
+    r = json.loads(out.read_text())
+    assert r["num_devices"] == 1
+    assert r["overrides"]["model_name"] == "test-tiny"
+    assert r["steps"] == 2 and len(r["step_times_s"]) == 2 and len(r["step_cpu_times_s"]) == 2
+    assert r["tokens_per_step"] == r["global_batch"] * 32
+    assert abs(r["tokens_per_s"] - r["tokens_per_step"] / r["median_step_s"]) < 1e-6 * r["tokens_per_s"]
+    tflops = r["analytic_flops_per_step"] / r["median_step_s"] / r["num_devices"] / 1e12
+    assert abs(r["tflops_per_device"] - tflops) < 1e-9 + 1e-6 * tflops
+    assert r["peak_tflops_per_device"] == 0.5 and r["peak_source"] == "peak_tflops_per_device"
+    assert abs(r["mfu"] - tflops / 0.5) < 1e-9 + 1e-6 * r["mfu"]
+    for key in ("device_kind", "jax_version", "xla_flags", "flops_formula", "timestamp", "final_loss"):
+        assert r[key] not in (None, ""), key
+    assert r["xla_cost_analysis_flops_per_step"] is None or r["xla_cost_analysis_flops_per_step"] > 0
+
+
+def test_train_throughput_rejects_unknown_key(tmp_path):
+    cmd = [sys.executable, SCRIPT, "no_such_key=1", "--out", str(tmp_path / "x.json")]
+    proc = subprocess.run(
+        cmd,
+        cwd=paths.REPO_ROOT,
+        env=_env_without_device_count(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "no_such_key" in proc.stderr
+    assert not (tmp_path / "x.json").exists()
