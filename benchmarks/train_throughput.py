@@ -22,15 +22,15 @@ import argparse
 import ctypes
 import ctypes.util
 import datetime
-import json
 import os
 import platform
 import statistics
 import sys
 import time
 
+from results_io import write_record
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RESULTS_DIR = os.path.join(REPO_ROOT, "benchmarks", "results")
 DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "base.yml")
 
 # The reference model of the throughput issue: a 4-layer Llama, D=256, vocab 32k, T=256, float32, untied
@@ -242,11 +242,6 @@ def run(args, cfg, xla_flags: str, host_malloc: str) -> dict:
     }
 
 
-def default_out_path(args, when: str) -> str:
-    name = args.preset or os.path.splitext(os.path.basename(args.config))[0]
-    return os.path.join(RESULTS_DIR, f"train_throughput_{name}_{when}.json")
-
-
 def summary(r: dict) -> str:
     xla = r["xla_cost_analysis_flops_per_step"]
     xla_text = f"{xla / 1e9:.2f} GFLOP" if xla is not None else "n/a"
@@ -281,10 +276,8 @@ def main(argv) -> int:
     preset = list(PRESETS[args.preset]) if args.preset else []
     cfg = exit_on_config_error(load_config)([args.config] + preset + list(args.overrides))
     result = exit_on_config_error(run)(args, cfg, xla_flags, host_malloc)
-    out = args.out or default_out_path(args, time.strftime("%Y%m%d_%H%M%S"))
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2)
+    name = args.preset or os.path.splitext(os.path.basename(args.config))[0]
+    out = write_record(result, args.out, f"train_throughput_{name}")
     print(summary(result))
     print(f"wrote {out}")
     return 0

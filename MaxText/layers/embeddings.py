@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from MaxText.layers.common import param_with_axes
+from MaxText.layers.linears import dense_dot
 
 
 class Embed(nn.Module):
@@ -33,11 +34,13 @@ class Embed(nn.Module):
         return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
 
     def attend(self, x, dtype=None):
-        """x [B, T, D] -> logits [B, T, V] against the embedding table."""
+        """x [B, T, D] -> logits [B, T, V] against the embedding table.
+
+        Through dense_dot on the [D, V] view of the table, so the backward is the fast x^T g form (the
+        table's gradient is transposed back to [V, D], a [V, D]-sized copy; see dense_dot).
+        """
         dtype = dtype or self.dtype
-        return jnp.einsum(
-            "btd,vd->btv", x.astype(dtype), self.embedding.astype(dtype), precision=self.precision
-        )
+        return dense_dot(x.astype(dtype), self.embedding.astype(dtype).T, 1, self.precision)
 
 
 @jax.tree_util.register_static
