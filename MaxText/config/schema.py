@@ -103,7 +103,7 @@ class Config:  # pylint: disable=too-many-instance-attributes
     peak_tflops_per_device: float = _f(ge=0)
 
     # Data.
-    dataset_type: str = _f(choices=["builtin", "synthetic"])
+    dataset_type: str = _f(choices=["builtin", "synthetic", "grain", "hf", "tfds"])
     tokenizer_path: str = _f()
     data_shuffle_seed: int = _f(ge=0)
     eval_split_fraction: float = _f(gt=0, le=0.5)
@@ -139,6 +139,23 @@ class Config:  # pylint: disable=too-many-instance-attributes
     ici_fsdp_parallelism: int = _f(ge=-1)
     ici_tensor_parallelism: int = _f(ge=-1)
     logical_axis_rules: list = _f()
+
+    # ---- Data sources ----
+    grain_train_files: str = _f()
+    grain_eval_files: str = _f()
+    grain_worker_count: int = _f(ge=0)
+    packing_type: str = _f(choices=["first_fit", "concat"])
+    train_data_columns: str = _f()
+    tokenize_train_data: bool = _f()
+    hf_path: str = _f()
+    hf_data_files: str = _f()
+    hf_eval_files: str = _f()
+    hf_streaming: bool = _f()
+    dataset_name: str = _f()
+    dataset_path: str = _f()
+    train_split: str = _f()
+    eval_split: str = _f()
+    target_eval_loss: float = _f(ge=0)
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)

@@ -115,8 +115,21 @@ def _check_model_features(cfg: Config) -> None:
         )
 
 
+def _check_data_sources(cfg: Config) -> None:
+    """Each user dataset_type needs the keys that name its data."""
+    needs = {"grain": ("grain_train_files",), "hf": ("hf_path",), "tfds": ("dataset_name",)}
+    for key in needs.get(cfg.dataset_type, ()):
+        _require(bool(getattr(cfg, key)), f"{key}='': dataset_type={cfg.dataset_type!r} needs it set")
+    _require(
+        not (cfg.hf_streaming and cfg.packing and cfg.packing_type == "first_fit"),
+        "packing_type='first_fit': hf_streaming reads records in order and packs them as they come; "
+        "expected packing_type=concat (or packing=false)",
+    )
+
+
 def check_cross_field(cfg: Config, known_blocks) -> None:
     """Rules that involve several keys. Device-dependent rules live in parallel/mesh.py."""
+    _check_data_sources(cfg)
     _require(
         cfg.decoder_block in known_blocks,
         f"decoder_block={cfg.decoder_block!r}: expected one of {', '.join(sorted(known_blocks))}"

@@ -80,9 +80,9 @@ def split_documents(work: str, target_chars: int = DOC_TARGET_CHARS) -> list[str
     return [PARAGRAPH_SEPARATOR.join(d) for d in docs]
 
 
-def document_hash_fraction(text: str) -> float:
-    """A stable pseudo-random number in [0, 1) derived from the document text only."""
-    digest = hashlib.sha256(text.encode("utf-8")).digest()
+def document_hash_fraction(text: str | bytes) -> float:
+    """A stable pseudo-random number in [0, 1) derived from the document text (or bytes) only."""
+    digest = hashlib.sha256(text.encode("utf-8") if isinstance(text, str) else text).digest()
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
@@ -90,11 +90,15 @@ def split_train_eval(docs: list[str], eval_fraction: float) -> tuple[list[int], 
     """(train indices in corpus order, eval indices in increasing hash order); see the module docstring."""
     if not 0.0 <= eval_fraction < 1.0:
         raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
-    keys = [document_hash_fraction(d) for d in docs]
+    return split_by_keys([document_hash_fraction(d) for d in docs], eval_fraction)
+
+
+def split_by_keys(keys: list[float], eval_fraction: float) -> tuple[list[int], list[int]]:
+    """The split rule of `split_train_eval`, given each document's hash fraction in [0, 1)."""
     eval_set = {i for i, k in enumerate(keys) if k < eval_fraction}
-    if eval_fraction > 0 and not eval_set and docs:
-        eval_set = {min(range(len(docs)), key=keys.__getitem__)}
-    train = [i for i in range(len(docs)) if i not in eval_set]
+    if eval_fraction > 0 and not eval_set and keys:
+        eval_set = {min(range(len(keys)), key=keys.__getitem__)}
+    train = [i for i in range(len(keys)) if i not in eval_set]
     evals = sorted(eval_set, key=keys.__getitem__)
     return train, evals
 

@@ -23,6 +23,10 @@ first-fit of ~1.3k-token documents into T=2048 rows leaves a third of the positi
 when full or closed; open rows are flushed in opening order at the end of the pieces. The layout depends only
 on the order and the lengths, so it is deterministic. With packing=False every piece gets its own row. Unused
 positions are padding: token 0 (pad), position 0, segmentation 0.
+
+Concat-then-split (packing_type="concat"). Pieces are laid end to end in the given order and the stream is cut
+every T positions: every row but the last is full, and a piece crossing a cut is split there (sharing one
+token, as above), its tail opening the next row with positions restarting at 0. No document loses a pair.
 """
 
 import dataclasses
@@ -33,6 +37,7 @@ import numpy as np
 BATCH_KEYS = ("inputs", "inputs_position", "inputs_segmentation", "targets", "targets_segmentation")
 OPEN_ROWS = 8
 MIN_FRAGMENT = 16
+PACKING_TYPES = ("first_fit", "concat")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,12 +108,18 @@ class RowLayout:
         return self.starts[lo:hi], self.lengths[lo:hi]
 
 
-def pack_rows(order: np.ndarray, pieces: Pieces, max_target_length: int, packing: bool) -> RowLayout:
+def pack_rows(
+    order: np.ndarray, pieces: Pieces, max_target_length: int, packing: bool, packing_type: str = "first_fit"
+) -> RowLayout:
     """Places pieces[order] into rows of `max_target_length` positions (see module docstring)."""
+    if packing_type not in PACKING_TYPES:
+        raise ValueError(f"packing_type {packing_type!r} is not one of {PACKING_TYPES}")
     order = np.asarray(order, dtype=np.int64)
     starts, lengths = pieces.starts[order], pieces.lengths[order]
     if not packing:
         return RowLayout(ptr=np.arange(len(order) + 1, dtype=np.int64), starts=starts, lengths=lengths)
+    if packing_type == "concat":
+        return _concat_then_split(starts, lengths, max_target_length)
     rows: list[list[tuple[int, int]]] = []
     open_rows: list[_OpenRow] = []
     for start, length in zip(starts.tolist(), lengths.tolist()):
@@ -135,6 +146,24 @@ def pack_rows(order: np.ndarray, pieces: Pieces, max_target_length: int, packing
                 start, length = start + head, length - head
             rows.append(oldest.segments)
     rows.extend(r.segments for r in open_rows)
+    return _layout(rows)
+
+
+def _concat_then_split(starts: np.ndarray, lengths: np.ndarray, max_target_length: int) -> RowLayout:
+    rows: list[list[tuple[int, int]]] = [[]]
+    free = max_target_length
+    for start, length in zip(starts.tolist(), lengths.tolist()):
+        while length:
+            if not free:
+                rows.append([])
+                free = max_target_length
+            take = min(free, length)
+            rows[-1].append((start, take))
+            start, length, free = start + take, length - take, free - take
+    return _layout([r for r in rows if r])
+
+
+def _layout(rows: list[list[tuple[int, int]]]) -> RowLayout:
     ptr = np.zeros(len(rows) + 1, dtype=np.int64)
     ptr[1:] = np.cumsum([len(r) for r in rows])
     flat = np.array([seg for r in rows for seg in r], dtype=np.int64).reshape(-1, 2)

@@ -317,8 +317,8 @@ def test_clear_errors():
         make_train_iterator(_cfg(), process_index=0, process_count=3)
     with pytest.raises(ValueError, match="vocab_size 100 .* 4096"):
         make_train_iterator(_cfg(vocab_size=100))
-    with pytest.raises(ValueError, match="dataset_type 'tfds'"):
-        make_train_iterator(_cfg(dataset_type="tfds"))
+    with pytest.raises(ValueError, match="dataset_type 'webdataset'"):
+        make_train_iterator(_cfg(dataset_type="webdataset"))
     with pytest.raises(ValueError, match="tokenizer_path is empty"):
         make_train_iterator(_cfg(tokenizer_path=""))
     with pytest.raises(FileNotFoundError, match="nope.model"):

@@ -6,6 +6,7 @@ device to catch a NaN loss early; before each save the state itself is checked, 
 non-finite.
 """
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -60,9 +61,10 @@ class Setup:  # pylint: disable=too-many-instance-attributes
 
 
 def data_config(cfg: Config, global_batch: int) -> input_pipeline.DataConfig:
+    user = cfg.dataset_type in ("grain", "hf", "tfds")
     return input_pipeline.DataConfig(
         dataset_type=cfg.dataset_type,
-        tokenizer_path=cfg.tokenizer_path if cfg.dataset_type == "builtin" else "",
+        tokenizer_path=cfg.tokenizer_path if cfg.dataset_type != "synthetic" else "",
         max_target_length=cfg.max_target_length,
         global_batch_size=global_batch,
         vocab_size=cfg.vocab_size,
@@ -71,6 +73,18 @@ def data_config(cfg: Config, global_batch: int) -> input_pipeline.DataConfig:
         add_bos=cfg.add_bos,
         add_eos=cfg.add_eos,
         packing=cfg.packing,
+        dataset_path=cfg.dataset_path if cfg.dataset_type == "tfds" else "",
+        packing_type=cfg.packing_type,
+        data_files=cfg.grain_train_files if cfg.dataset_type == "grain" else cfg.hf_data_files,
+        eval_files=cfg.grain_eval_files if cfg.dataset_type == "grain" else cfg.hf_eval_files,
+        column=cfg.train_data_columns,
+        tokenize=cfg.tokenize_train_data or not user,
+        worker_count=cfg.grain_worker_count,
+        hf_path=cfg.hf_path,
+        hf_streaming=cfg.hf_streaming,
+        dataset_name=cfg.dataset_name,
+        train_split=cfg.train_split,
+        eval_split=cfg.eval_split,
     )
 
 
@@ -283,6 +297,7 @@ class _Run:  # pylint: disable=too-many-instance-attributes
         self.p_train, self.p_eval = compile_steps(s)
         self.step = int(state.step)
         self.saved_step = self.step
+        self.target_reached = False  # an eval loss reached target_eval_loss
         self.pending = None  # (step, device metrics) of the newest step, checked one step later
         self.mark = None  # (time, step) from which step time is measured; reset after eval and saves
         self.t_start = time.perf_counter()
@@ -321,6 +336,9 @@ class _Run:  # pylint: disable=too-many-instance-attributes
         if not ((self.cfg.eval_interval and self.step % self.cfg.eval_interval == 0) or last):
             return
         result = {"step": self.step, **self.evaluator(self.p_eval, self.state.params)}
+        self.target_reached = (
+            0 < self.cfg.target_eval_loss and result["eval_loss"] <= self.cfg.target_eval_loss
+        )
         self.writer.write(result)
         log(" | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()))
         self.mark = (time.perf_counter(), self.step)
@@ -346,14 +364,23 @@ class _Run:  # pylint: disable=too-many-instance-attributes
 
 def _open_data(cfg: Config, dcfg):
     """(tokenizer or None, train iterator). Data settings that cannot work are config errors (exit 2)."""
-    try:
-        if cfg.dataset_type == "builtin" and not os.path.isfile(cfg.tokenizer_path):
+    with _data_errors(cfg):
+        if cfg.dataset_type != "synthetic" and not os.path.isfile(cfg.tokenizer_path):
             raise ConfigError(f"tokenizer_path={cfg.tokenizer_path!r}: no such file")
         tokenizer = (
-            input_pipeline.load_tokenizer(cfg.tokenizer_path) if cfg.dataset_type == "builtin" else None
+            input_pipeline.load_tokenizer(cfg.tokenizer_path) if cfg.dataset_type != "synthetic" else None
         )
         return tokenizer, input_pipeline.make_train_iterator(dcfg, jax.process_index(), jax.process_count())
-    except ValueError as e:  # the pipeline's checks name the setting (vocab_size, eval fraction, ...)
+
+
+@contextlib.contextmanager
+def _data_errors(cfg: Config):
+    """The pipeline's ValueErrors name the setting or file (vocab_size, a glob, a column): exit 2 with them."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except (ValueError, FileNotFoundError) as e:
         raise ConfigError(f"dataset_type={cfg.dataset_type!r}: {e}") from None
 
 
@@ -387,8 +414,10 @@ def train(cfg: Config) -> int:
                     f"run {cfg.run_name!r} already trained to step {int(state.step)} (steps={cfg.steps}); nothing to do"
                 )
                 return 0
-            run = _Run(s, state, data_iter, ckpt, writer, _Evaluator(s, dcfg, tokenizer), meta)
-            while run.step < cfg.steps and not stop.requested:
+            with _data_errors(cfg):
+                evaluator = _Evaluator(s, dcfg, tokenizer)
+            run = _Run(s, state, data_iter, ckpt, writer, evaluator, meta)
+            while run.step < cfg.steps and not stop.requested and not run.target_reached:
                 profiler.before_step(run.step)
                 run.train_one()
                 profiler.after_step(run.step, run.state)
@@ -399,6 +428,9 @@ def train(cfg: Config) -> int:
             profiler.stop(run.step, run.state)
             if stop.requested:
                 log(f"received {stop.requested} at step {run.step}: saving a checkpoint and exiting")
+                run.save()
+            if run.target_reached:
+                log(f"eval loss reached target_eval_loss={cfg.target_eval_loss} at step {run.step}; stopping")
                 run.save()
             log(f"trained to step {run.step} in {format_duration(time.perf_counter() - run.t_start)}")
             return 0

@@ -1,0 +1,248 @@
+"""User datasets (grain ArrayRecord/Parquet, Hugging Face, TFDS): reading, mixtures, packing, resume, errors."""
+
+import json
+
+import numpy as np
+import pytest
+
+from MaxText.input_pipeline import make_eval_batches, make_train_iterator, packing, pipeline, writers
+from MaxText.input_pipeline.sources import DataError
+from MaxText.tests import data_fixtures as fx
+
+
+def _take(it, n):
+    return [next(it) for _ in range(n)]
+
+
+def _assert_batches_equal(xs, ys):
+    assert len(xs) == len(ys)
+    for x, y in zip(xs, ys):
+        for k in packing.BATCH_KEYS:
+            np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+
+
+@pytest.fixture(scope="module", name="files")
+def files_fixture(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    tfds_dir = str(root / "tfds")
+    return {
+        "grain": fx.write_grain(str(root / "grain")),
+        "hf": fx.write_hf(str(root / "hf")),
+        "tfds": (fx.write_tfds(tfds_dir), tfds_dir),
+        "root": root,
+    }
+
+
+def _configs(files) -> dict:
+    """name -> DataConfig, one per format."""
+    g, h = files["grain"], files["hf"]
+    name, data_dir = files["tfds"]
+    out = {f"grain_{k}": fx.data_config("grain", data_files=v) for k, v in g.items() if "ids" not in k}
+    out.update({f"hf_{k}": fx.data_config("hf", hf_path=p, data_files=f) for k, (p, f) in h.items()})
+    out["tfds"] = fx.data_config("tfds", dataset_name=name, dataset_path=data_dir, eval_split="validation")
+    return out
+
+
+FORMATS = [
+    "grain_array_record", "grain_parquet", "hf_json", "hf_parquet", "hf_text", "hf_arrow", "hf_save_to_disk",
+    "tfds",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_every_format_resumes_exactly_and_is_deterministic(files, name):
+    cfg = _configs(files)[name]
+    it = make_train_iterator(cfg)
+    _take(it, 2)
+    state = json.loads(json.dumps(it.get_state()))
+    expected = _take(it, 6)  # crosses an epoch end: 40 short documents fill few rows of 32
+    resumed = make_train_iterator(cfg)
+    resumed.set_state(state)
+    _assert_batches_equal(_take(resumed, 6), expected)
+    _assert_batches_equal(_take(make_train_iterator(cfg), 8), _take(make_train_iterator(cfg), 8))
+    # Two hosts resumed from a one-host state: their halves are the rows the single host would have seen.
+    halves = [make_train_iterator(cfg, i, 2) for i in range(2)]
+    for h in halves:
+        h.set_state(state)
+    for want in expected:
+        got = [next(h) for h in halves]
+        for k in packing.BATCH_KEYS:
+            np.testing.assert_array_equal(np.concatenate([g[k] for g in got]), want[k], err_msg=k)
+    assert make_eval_batches(cfg, 2)[0]["inputs_segmentation"].any()
+
+
+def test_all_formats_hold_the_same_documents(files):
+    """The same texts in every container give the same tokens (hf text splits on lines: same docs here)."""
+    configs = _configs(files)
+    grain = pipeline.user_token_docs(configs["grain_array_record"], "train")[0]
+    for name in FORMATS[1:-1]:
+        docs = pipeline.user_token_docs(configs[name], "train")[0]
+        np.testing.assert_array_equal(docs.tokens, grain.tokens, err_msg=name)
+
+
+def test_pretokenized_columns_skip_tokenization(files):
+    text = pipeline.user_token_docs(
+        fx.data_config("grain", data_files=files["grain"]["array_record"]), "train"
+    )
+    for key in ("array_record_ids", "parquet_ids"):
+        cfg = fx.data_config("grain", data_files=files["grain"][key], column="ids", tokenize=False)
+        np.testing.assert_array_equal(pipeline.user_token_docs(cfg, "train")[0].tokens, text[0].tokens)
+
+
+def test_text_versus_ids_mismatch_names_the_column(files):
+    g = files["grain"]
+    with pytest.raises(DataError, match="train_data_columns='ids' holds token ids, not text; set tokenize"):
+        make_train_iterator(fx.data_config("grain", data_files=g["parquet_ids"], column="ids"))
+    with pytest.raises(DataError, match="train_data_columns='text' holds text, not token ids; set tokenize"):
+        make_train_iterator(fx.data_config("grain", data_files=g["array_record"], tokenize=False))
+    with pytest.raises(DataError, match=r"train_data_columns='body': no such column .*\['text'\]"):
+        make_train_iterator(fx.data_config("grain", data_files=g["parquet"], column="body"))
+    with pytest.raises(DataError, match=r"train_data_columns='body': no such column .*\['text'\]"):
+        make_train_iterator(fx.data_config("grain", data_files=g["array_record"], column="body"))
+
+
+def test_mixture_weights_are_honoured(tmp_path):
+    """Sources with disjoint token ranges; the share of documents from each matches its weight."""
+    rng = np.random.default_rng(0)
+    for name, lo in (("a", 10), ("b", 500)):
+        docs = [
+            rng.integers(lo, lo + 100, size=int(rng.integers(4, 12))).tolist()
+            for _ in range(30 if name == "a" else 90)
+        ]
+        writers.write_array_record(str(tmp_path / f"{name}.array_record"), [{"ids": d} for d in docs])
+    spec = f"{tmp_path}/a.array_record:0.7;{tmp_path}/b.array_record:0.3"
+    cfg = fx.data_config("grain", data_files=spec, column="ids", tokenize=False, add_bos=False, add_eos=False)
+    from_a = total = 0
+    for batch in _take(make_train_iterator(cfg), 25):
+        seg, first = batch["inputs_segmentation"], batch["inputs"]
+        starts = (seg != 0) & (batch["inputs_position"] == 0)
+        from_a += int((starts & (first < 500)).sum())
+        total += int(starts.sum())
+    share = from_a / total
+    sigma = (0.7 * 0.3 / total) ** 0.5
+    assert abs(share - 0.7) < 4 * sigma, (share, total)
+    # Exact per mixed epoch: 120 pieces of which round(0.7 * 120) from a (its 27 train docs repeat).
+    source = pipeline.iterators.PackedRowSource(
+        *pipeline.user_token_docs(cfg, "train")[:1],
+        32,
+        True,
+        3,
+        "first_fit",
+        pipeline.user_token_docs(cfg, "train")[1],
+    )
+    _, n_a, count_a = source.mixture[0]
+    assert (count_a, source.mixture[1][2]) == (
+        round(0.7 * len(source.pieces)),
+        round(0.3 * len(source.pieces)),
+    )
+    assert n_a < count_a  # the small heavy source repeats within a mixed epoch
+    pieces = source.epoch_pieces(0)
+    assert int((pieces < n_a).sum()) == count_a
+
+
+@pytest.mark.parametrize("packing_type", ["first_fit", "concat"])
+def test_packing_types_keep_documents_apart_and_mask_padding(files, packing_type):
+    cfg = fx.data_config("grain", data_files=files["grain"]["array_record"], packing_type=packing_type)
+    docs = pipeline.user_token_docs(cfg, "train")[0]
+    doc_text = {tuple(docs.tokens[s : s + n]) for s, n in zip(docs.starts, docs.lengths)}
+    batches = _take(make_train_iterator(cfg), 6)
+    for batch in batches:
+        for r in range(batch["inputs"].shape[0]):
+            seg = batch["inputs_segmentation"][r]
+            np.testing.assert_array_equal(seg, batch["targets_segmentation"][r])
+            for s in np.unique(seg[seg > 0]):
+                where = seg == s
+                np.testing.assert_array_equal(batch["inputs_position"][r][where], np.arange(where.sum()))
+                pairs = np.concatenate([batch["inputs"][r][where][:1], batch["targets"][r][where]])
+                assert any(_contains(d, tuple(pairs.tolist())) for d in doc_text)  # a slice of one document
+            assert (batch["inputs"][r][seg == 0] == 0).all() and (batch["targets"][r][seg == 0] == 0).all()
+    if packing_type == "concat":  # every row but an epoch's last is full
+        assert np.mean([(b["inputs_segmentation"] != 0).all(axis=1).mean() for b in batches]) > 0.9
+
+
+def _contains(doc: tuple, part: tuple) -> bool:
+    return any(doc[i : i + len(part)] == part for i in range(len(doc) - len(part) + 1))
+
+
+def test_packing_false_pads_with_segment_zero(files):
+    cfg = fx.data_config("grain", data_files=files["grain"]["parquet"], packing=False)
+    for batch in _take(make_train_iterator(cfg), 4):
+        seg = batch["inputs_segmentation"]
+        assert set(np.unique(seg)) <= {0, 1} and (seg[:, 0] == 1).all()
+        assert ((seg == 0) == (batch["targets_segmentation"] == 0)).all()
+        assert (batch["inputs"][seg == 0] == 0).all()
+
+
+def test_eval_split_is_held_out_or_given(files):
+    cfg = fx.data_config("grain", data_files=files["grain"]["array_record"])
+    train, evals = (pipeline.user_token_docs(cfg, s)[0] for s in ("train", "eval"))
+    assert len(train) + len(evals) == fx.NUM_DOCS and len(evals) >= 1
+    given = fx.data_config(
+        "grain", data_files=files["grain"]["array_record"], eval_files=files["grain"]["parquet"]
+    )
+    assert len(pipeline.user_token_docs(given, "eval")[0]) == fx.NUM_DOCS
+    assert len(pipeline.user_token_docs(given, "train")[0]) == fx.NUM_DOCS
+
+
+def test_grain_workers_give_the_same_documents(files):
+    cfg = fx.data_config("grain", data_files=files["grain"]["array_record"])
+    in_process = pipeline.user_token_docs(cfg, "train")[0]
+    workers = pipeline.user_token_docs(
+        fx.data_config("grain", data_files=files["grain"]["array_record"], worker_count=1), "train"
+    )[0]
+    np.testing.assert_array_equal(workers.tokens, in_process.tokens)
+
+
+def test_bad_input_gets_one_clear_message(files, tmp_path):
+    root = files["root"]
+    cases = [
+        (
+            fx.data_config("grain", data_files=f"{root}/nothing-*.parquet"),
+            "nothing-\\*.parquet' matches no file",
+        ),
+        (
+            fx.data_config("grain", data_files=f"{root}/missing.array_record"),
+            "missing.array_record' matches no file",
+        ),
+        (
+            fx.data_config("hf", hf_path="json", data_files=f"{root}/missing.jsonl"),
+            "missing.jsonl' matches no file",
+        ),
+        (
+            fx.data_config("tfds", dataset_name="nope:1.0.0", dataset_path=str(root)),
+            "dataset_name='nope:1.0.0'",
+        ),
+    ]
+    writers.write_array_record(str(tmp_path / "empty.array_record"), [])
+    cases.append((fx.data_config("grain", data_files=f"{tmp_path}/empty.array_record"), "has no records"))
+    (tmp_path / "corrupt.array_record").write_bytes(b"\x00garbage" * 100)
+    cases.append(
+        (fx.data_config("grain", data_files=f"{tmp_path}/corrupt.array_record"), "corrupt.array_record")
+    )
+    (tmp_path / "corrupt.parquet").write_bytes(b"PAR1 not really")
+    cases.append(
+        (
+            fx.data_config("grain", data_files=f"{tmp_path}/corrupt.parquet"),
+            "cannot read Parquet file .*corrupt.parquet",
+        )
+    )
+    for cfg, message in cases:
+        with pytest.raises(DataError, match=message):
+            make_train_iterator(cfg)
+
+
+def test_tfrecord_tfds_without_tensorflow_says_so(tmp_path):
+    try:
+        import tensorflow  # pylint: disable=import-outside-toplevel,unused-import
+
+        pytest.skip("TensorFlow is installed: tfrecord datasets are readable")
+    except ImportError:
+        pass
+    name = fx.write_tfds(str(tmp_path), "array_record")
+    info = tmp_path / "maxtext_tiny_text" / "1.0.0" / "dataset_info.json"
+    meta = json.loads(info.read_text())
+    meta["fileFormat"] = "tfrecord"  # what a TensorFlow-written dataset records
+    info.write_text(json.dumps(meta))
+    cfg = fx.data_config("tfds", dataset_name=name, dataset_path=str(tmp_path))
+    with pytest.raises(DataError, match="stored as tfrecord, which needs TensorFlow"):
+        make_train_iterator(cfg)
