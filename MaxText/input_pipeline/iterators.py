@@ -48,6 +48,14 @@ class TrainIterator(abc.ABC):
         """Moves to the position `state` (from get_state of an iterator over the same stream)."""
 
 
+def check_identity(identity: dict, state: dict) -> None:
+    """Refuses a saved state whose stream-defining fields differ from `identity` (naming each one)."""
+    mismatched = sorted(k for k in identity if state.get(k) != identity[k])
+    if mismatched:
+        details = ", ".join(f"{k}: saved {state.get(k)!r} vs now {identity[k]!r}" for k in mismatched)
+        raise ValueError(f"data iterator state is from a different data stream ({details})")
+
+
 def host_row_range(global_batch_size: int, process_index: int, process_count: int) -> tuple[int, int]:
     """Rows [lo, hi) of each global batch that belong to `process_index`; validates the split."""
     if process_count < 1 or not 0 <= process_index < process_count:
@@ -227,12 +235,7 @@ class PackedTrainIterator(TrainIterator):
         return {"epoch": self._epoch, "row": self._row, **self._identity}
 
     def set_state(self, state: dict) -> None:
-        mismatched = sorted(k for k in self._identity if state.get(k) != self._identity[k])
-        if mismatched:
-            details = ", ".join(
-                f"{k}: saved {state.get(k)!r} vs now {self._identity[k]!r}" for k in mismatched
-            )
-            raise ValueError(f"data iterator state is from a different data stream ({details})")
+        check_identity(self._identity, state)
         epoch, row = int(state["epoch"]), int(state["row"])
         if epoch < 0 or not 0 <= row < self._source.layout(epoch).num_rows:
             raise ValueError(f"data iterator state out of range: epoch {epoch}, row {row}")

@@ -25,7 +25,15 @@ import os
 
 import numpy as np
 
-from MaxText.input_pipeline import builtin_corpus, iterators, packing, sources, synthetic, tokenizers
+from MaxText.input_pipeline import (
+    builtin_corpus,
+    iterators,
+    packing,
+    sources,
+    streaming,
+    synthetic,
+    tokenizers,
+)
 
 DATASET_TYPES = ("builtin", "synthetic", "grain", "hf", "tfds")
 USER_TYPES = ("grain", "hf", "tfds")
@@ -73,6 +81,8 @@ def make_train_iterator(
             process_index,
             process_count,
         )
+    if cfg.dataset_type == "hf" and cfg.hf_streaming:
+        return streaming.make_streaming(cfg, "train", process_index, process_count)
     if cfg.dataset_type in USER_TYPES:
         docs, mixture = user_token_docs(cfg, "train")
     else:
@@ -136,6 +146,10 @@ def _validate(cfg: DataConfig, process_index: int, process_count: int) -> None:
     iterators.host_row_range(cfg.global_batch_size, process_index, process_count)
     if cfg.packing_type not in packing.PACKING_TYPES:
         raise ValueError(f"packing_type {cfg.packing_type!r} is not one of {packing.PACKING_TYPES}")
+    if cfg.hf_streaming and cfg.packing and cfg.packing_type != "concat":
+        raise ValueError(
+            "hf_streaming packs records as they come: set packing_type=concat (or packing=false)"
+        )
     if cfg.dataset_type != "synthetic":
         if not 0.0 <= cfg.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction must be in [0, 1), got {cfg.eval_fraction}")

@@ -246,3 +246,47 @@ def test_tfrecord_tfds_without_tensorflow_says_so(tmp_path):
     cfg = fx.data_config("tfds", dataset_name=name, dataset_path=str(tmp_path))
     with pytest.raises(DataError, match="stored as tfrecord, which needs TensorFlow"):
         make_train_iterator(cfg)
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_hf_streaming_resumes_exactly_across_host_counts(files, packed):
+    hf_path, data_files = files["hf"]["json"]
+    cfg = fx.data_config(
+        "hf", hf_path=hf_path, data_files=data_files, hf_streaming=True, packing_type="concat", packing=packed
+    )
+    it = make_train_iterator(cfg)
+    _take(it, 3)
+    state = json.loads(json.dumps(it.get_state()))
+    expected = _take(it, 8)  # crosses an epoch end
+    assert it.get_state()["epoch"] >= 1
+    resumed = make_train_iterator(cfg)
+    resumed.set_state(state)
+    _assert_batches_equal(_take(resumed, 8), expected)
+    halves = [make_train_iterator(cfg, i, 2) for i in range(2)]
+    for h in halves:
+        h.set_state(state)
+    for want in expected[:3]:
+        got = [next(h) for h in halves]
+        for k in packing.BATCH_KEYS:
+            np.testing.assert_array_equal(np.concatenate([g[k] for g in got]), want[k], err_msg=k)
+    # The streamed documents are the in-memory ones (held-out eval documents excluded from both).
+    in_memory = pipeline.user_token_docs(
+        fx.data_config("hf", hf_path=hf_path, data_files=data_files), "train"
+    )[0]
+    docs = {tuple(in_memory.tokens[s : s + n]) for s, n in zip(in_memory.starts, in_memory.lengths)}
+    for batch in expected:
+        seg = batch["inputs_segmentation"]
+        assert (batch["inputs"][seg == 0] == 0).all()
+        if packed:
+            assert (seg[:, -1] != 0).all()  # concat rows are full
+        for r in range(seg.shape[0]):
+            for s in np.unique(seg[r][seg[r] > 0]):
+                where = seg[r] == s
+                part = tuple(
+                    np.concatenate([batch["inputs"][r][where][:1], batch["targets"][r][where]]).tolist()
+                )
+                assert any(_contains(d, part) for d in docs)
+    evals = make_eval_batches(cfg, 2)
+    assert evals[0]["inputs_segmentation"].any()
+    with pytest.raises(ValueError, match="hf_streaming packs records as they come"):
+        make_train_iterator(fx.data_config("hf", hf_path=hf_path, data_files=data_files, hf_streaming=True))

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -39,6 +40,12 @@ def data_fixture(tmp_path_factory):
     return {
         "grain": [f"grain_train_files={grain['array_record']};{grain['parquet']}:0.5", "packing_type=concat"],
         "hf": ["dataset_type=hf", "hf_path=json", f"hf_data_files={hf['json'][1]}"],
+        "hf_streaming": [
+            "dataset_type=hf",
+            f"hf_path={hf['save_to_disk'][0]}",
+            "hf_streaming=true",
+            "packing_type=concat",
+        ],
         "tfds": [
             "dataset_type=tfds",
             f"dataset_name={name}",
@@ -71,16 +78,18 @@ def _losses(run_dir) -> list:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("dataset_type", ["grain", "hf", "tfds"])
+@pytest.mark.parametrize("dataset_type", ["grain", "hf", "hf_streaming", "tfds"])
 def test_trains_and_resumes_exactly(data, dataset_type):
-    """4 steps uninterrupted == 2 steps, then the same run resumed to 4 (bitwise losses)."""
+    """4 steps uninterrupted; a second run started from the first one's step-2 checkpoint (model and data
+    position) continues with bitwise the same losses."""
     root, overrides = data["root"], data[dataset_type]
-    assert trainer.train(_cfg(root, f"{dataset_type}_a", overrides, "steps=4")) == 0
-    assert trainer.train(_cfg(root, f"{dataset_type}_b", overrides, "steps=2")) == 0
-    assert trainer.train(_cfg(root, f"{dataset_type}_b", overrides, "steps=4")) == 0
-    a, b = _losses(root / f"{dataset_type}_a"), _losses(root / f"{dataset_type}_b")
-    assert [s for s, _ in a] == [1, 2, 3, 4] and b == a
-    assert len({loss for _, loss in a}) == 4 and all(np.isfinite([loss for _, loss in a]))
+    a, b = root / f"{dataset_type}_a", root / f"{dataset_type}_b"
+    assert trainer.train(_cfg(root, a.name, overrides, "steps=4")) == 0
+    shutil.copytree(a / "checkpoints" / "2", b / "checkpoints" / "2")
+    assert trainer.train(_cfg(root, b.name, overrides, "steps=4")) == 0
+    losses = _losses(a)
+    assert [s for s, _ in losses] == [1, 2, 3, 4] and _losses(b) == losses[2:]
+    assert len({loss for _, loss in losses}) == 4 and all(np.isfinite([loss for _, loss in losses]))
 
 
 def test_attention_never_crosses_a_document_boundary(data):
