@@ -135,8 +135,8 @@ class PackedRowSource:  # pylint: disable=too-many-instance-attributes
         if doc_ends[-1] != len(self.docs):
             raise ValueError(f"mixture covers {doc_ends[-1]} documents, the data has {len(self.docs)}")
         # Pieces are in document order; a source's pieces start in its token range.
-        token_bounds = [0] + [int(self.docs.starts[e]) if e < len(self.docs) else None for e in doc_ends]
-        token_bounds[-1] = len(self.docs.tokens) + 1
+        end = len(self.docs.tokens) + 1
+        token_bounds = [0] + [int(self.docs.starts[e]) if e < len(self.docs) else end for e in doc_ends]
         piece_bounds = np.searchsorted(self.pieces.starts, token_bounds)
         total = len(self.pieces)
         weight_sum = sum(w for _, w in mixture)

@@ -10,7 +10,8 @@ Formats (one record = one document):
   tfds   `tfds.data_source(name:version, data_dir=dataset_path)` for datasets prepared in array_record
          format (no TensorFlow needed); tfrecord datasets need TensorFlow and say so when it is missing.
 
-The column `train_data_columns` holds either text (tokenized here, with BOS/EOS as configured) or token ids
+The column `train_data_columns` holds either text (tokenized here, with BOS/EOS as configured; blank text is
+no document) or token ids
 (`tokenize_train_data=false`: used as they are, BOS/EOS still added as configured). A column holding the
 other kind is an error naming it. Records are encoded with a grain `MapDataset`, in `grain_worker_count`
 worker processes when > 0 (the result, and its order, do not depend on the worker count).
@@ -194,6 +195,8 @@ class RecordEncoder:  # pylint: disable=too-few-public-methods
                 f"train_data_columns={self.column!r} holds text, not token ids; set tokenize_train_data=true "
                 "to tokenize it"
             )
+        if is_text and not value.strip():
+            return np.zeros(0, np.int32)  # an empty line or field is no document (not a lone BOS/EOS pair)
         ids = tokenizer.encode(value) if is_text else np.asarray(value).reshape(-1)
         if not is_text and ids.size and not np.issubdtype(ids.dtype, np.integer):
             raise DataError(f"train_data_columns={self.column!r} holds {ids.dtype} values, not token ids")

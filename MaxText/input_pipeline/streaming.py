@@ -72,9 +72,15 @@ class StreamingTrainIterator(iterators.TrainIterator):  # pylint: disable=too-ma
                 ids = self._encoder(next(self._records))
             except StopIteration:
                 if self._empty_epoch:
+                    hint = (
+                        f" in the held-out eval_split_fraction={self._cfg.eval_fraction} (set hf_eval_files or "
+                        "eval_split, or raise it)"
+                        if self._keep == "eval"
+                        else ""
+                    )
                     raise sources.DataError(
-                        f"hf_path={self._cfg.hf_path!r}: the streamed {self._keep} data has no document with at "
-                        "least two tokens"
+                        f"hf_path={self._cfg.hf_path!r}: the streamed data has no document with at least two "
+                        f"tokens{hint}"
                     ) from None
                 self._open(self._epoch + 1, 0, 0)
                 continue

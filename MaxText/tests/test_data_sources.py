@@ -229,6 +229,13 @@ def test_bad_input_gets_one_clear_message(files, tmp_path):
     for cfg, message in cases:
         with pytest.raises(DataError, match=message):
             make_train_iterator(cfg)
+    (tmp_path / "blank.txt").write_text("\n  \n\n")  # blank lines are no documents
+    with pytest.raises(ValueError, match="no document with at least two tokens"):
+        make_train_iterator(fx.data_config("hf", hf_path="text", data_files=f"{tmp_path}/blank.txt"))
+    writers.write_parquet(str(tmp_path / "blank.parquet"), {"text": [" ", ""]})
+    mixture = f"{files['grain']['parquet']}:0.5;{tmp_path}/blank.parquet:0.5"
+    with pytest.raises(ValueError, match="mixture source 1 has no document with at least two tokens"):
+        make_train_iterator(fx.data_config("grain", data_files=mixture))
 
 
 def test_tfrecord_tfds_without_tensorflow_says_so(tmp_path):
