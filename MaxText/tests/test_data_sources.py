@@ -295,5 +295,20 @@ def test_hf_streaming_resumes_exactly_across_host_counts(files, packed):
                 assert any(_contains(d, part) for d in docs)
     evals = make_eval_batches(cfg, 2)
     assert evals[0]["inputs_segmentation"].any()
+    _assert_batches_equal(make_eval_batches(cfg, 2), evals)
+    # Held-out eval documents never appear in train; with hf_eval_files, eval is those files, in order.
+    held_out = pipeline.user_token_docs(fx.data_config("hf", hf_path=hf_path, data_files=data_files), "eval")[
+        0
+    ]
+    assert not any(_contains(d, tuple(held_out.tokens[:5].tolist())) for d in docs)
+    given = fx.data_config(
+        "hf", hf_path=hf_path, data_files=data_files, eval_files=files["hf"]["text"][1].replace(".txt", ".jsonl"),
+        hf_streaming=True, packing_type="concat", packing=packed,
+    )  # fmt: skip
+    first = make_eval_batches(given, 1)[0]
+    tok = fx.load_tokenizer(fx.BUILTIN_TOKENIZER_PATH)
+    doc0 = [tok.bos_id, *fx.token_ids(fx.texts())[0], tok.eos_id]  # file order: the first document leads
+    n = min(len(doc0) - 1, 32)
+    np.testing.assert_array_equal(first["inputs"][0, :n], doc0[:n])
     with pytest.raises(ValueError, match="hf_streaming packs records as they come"):
         make_train_iterator(fx.data_config("hf", hf_path=hf_path, data_files=data_files, hf_streaming=True))
