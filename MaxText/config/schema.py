@@ -140,6 +140,9 @@ class Config:  # pylint: disable=too-many-instance-attributes
     ici_tensor_parallelism: int = _f(ge=-1)
     logical_axis_rules: list = _f()
 
+    # ---- Scale-out ----
+    jax_distributed_initialization_timeout: int = _f(gt=0)
+
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)
 

@@ -21,6 +21,7 @@ from jax.sharding import Mesh
 from MaxText import input_pipeline
 from MaxText.config import Config, ConfigError, model_config, run_dir
 from MaxText.config.derived import global_batch_size
+from MaxText.parallel import distributed
 from MaxText.parallel import mesh as mesh_lib
 from MaxText.training import checkpointing, flops, optimizers
 from MaxText.training.metrics import MetricsWriter, format_duration, step_line
@@ -357,9 +358,9 @@ def _open_data(cfg: Config, dcfg):
         raise ConfigError(f"dataset_type={cfg.dataset_type!r}: {e}") from None
 
 
-def train(cfg: Config) -> int:
-    """Runs (or resumes) training as configured. Returns the process exit code."""
-    s = build(cfg)
+def train(cfg: Config, devices=None) -> int:
+    """Runs (or resumes) training as configured, on `devices` (default: all). Returns the exit code."""
+    s = build(cfg, devices)
     directory = run_dir(cfg)
     dcfg = data_config(cfg, s.global_batch)
     tokenizer, data_iter = _open_data(cfg, dcfg)
@@ -388,7 +389,10 @@ def train(cfg: Config) -> int:
                 )
                 return 0
             run = _Run(s, state, data_iter, ckpt, writer, _Evaluator(s, dcfg, tokenizer), meta)
-            while run.step < cfg.steps and not stop.requested:
+            # Every process must leave the loop at the same step, or the final save's collectives hang.
+            agreement = distributed.StopAgreement(s.mesh)
+            stopping = False
+            while run.step < cfg.steps and not (stopping := agreement.should_stop(bool(stop.requested))):
                 profiler.before_step(run.step)
                 run.train_one()
                 profiler.after_step(run.step, run.state)
@@ -397,8 +401,9 @@ def train(cfg: Config) -> int:
                 run.maybe_eval(last)
                 run.maybe_save(last)
             profiler.stop(run.step, run.state)
-            if stop.requested:
-                log(f"received {stop.requested} at step {run.step}: saving a checkpoint and exiting")
+            if stopping:
+                cause = stop.requested or "a stop request from another process"
+                log(f"received {cause} at step {run.step}: saving a checkpoint and exiting")
                 run.save()
             log(f"trained to step {run.step} in {format_duration(time.perf_counter() - run.t_start)}")
             return 0
