@@ -1,5 +1,6 @@
 """Multi-process training with jax.distributed: 2 local processes x 2 fake CPU devices each.
 
+The processes form a hybrid mesh (dcn_data_parallelism=2 across them, ici_fsdp_parallelism=2 within each).
 One pair of `python3 -m MaxText.train` processes trains until process 1 alone gets SIGTERM; both must agree on
 the step, save it together and exit 0, with only process 0 writing metrics. Their losses must equal an
 in-process run on 4 devices, and the checkpoint they wrote must resume in this single process (a
@@ -91,7 +92,14 @@ def fixture_stopped_pair(tmp_path_factory):
     """Runs the 2-process job until process 1 gets SIGTERM after step 4; returns (base dir, stopped step)."""
     base = str(tmp_path_factory.mktemp("mp"))
     port = free_port()
-    run = ["run_name=mp", "per_device_batch_size=1", "steps=200"]
+    # dcn data 2 x ici fsdp 2: a hybrid mesh with each process as a slice.
+    run = [
+        "run_name=mp",
+        "per_device_batch_size=1",
+        "steps=200",
+        "dcn_data_parallelism=2",
+        "ici_fsdp_parallelism=2",
+    ]
     procs = [launch(base, i, port, *run) for i in range(2)]
     try:
         deadline = time.monotonic() + TIMEOUT_S
@@ -116,6 +124,7 @@ def test_two_processes_stop_together_and_only_process_0_writes_metrics(stopped_p
     assert 4 <= stopped < 200
     out0, out1 = read_log(base, 0), read_log(base, 1)
     assert "joined 2 processes via JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID" in out0
+    assert "mesh {'data': 2, 'stage': 1, 'fsdp': 2," in out0
     assert f"received a stop request from another process at step {stopped}: saving" in out0
     assert "step 1/200" not in out1 and "received" not in out1  # process 1 logs nothing of its own
     with open(os.path.join(base, "mp", "metrics.jsonl"), encoding="utf-8") as f:

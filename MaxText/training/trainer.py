@@ -78,7 +78,7 @@ def data_config(cfg: Config, global_batch: int) -> input_pipeline.DataConfig:
 def build(cfg: Config, devices=None) -> Setup:
     """Mesh, model, optimizer and shardings. Allocates nothing on the devices yet."""
     mesh = mesh_lib.make_mesh(cfg, devices)
-    rules = mesh_lib.axis_rules(cfg)
+    rules = mesh_lib.axis_rules(cfg, mesh)
     n_devices = mesh.devices.size
     global_batch = global_batch_size(cfg, n_devices)
     dp = mesh_lib.data_parallel_size(mesh, rules)
@@ -97,6 +97,7 @@ def build(cfg: Config, devices=None) -> Setup:
     model = make_model(mcfg)
     tx = optimizers.make_optimizer(cfg)
     abstract_state, shardings = state_shardings(model, tx, mesh, rules)
+    mesh_lib.check_params_sharded(abstract_state.params, shardings.params, mesh, cfg.sharding_tolerance)
     peak, source = flops.peak_tflops_per_device(cfg.peak_tflops_per_device)
     return Setup(
         cfg=cfg,
