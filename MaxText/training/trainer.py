@@ -234,6 +234,12 @@ def _restore_or_init(s: Setup, ckpt, data_iter, tokenizer_id):
     target = checkpointing.abstract_with_shardings(s.abstract_state, s.shardings)
     latest = ckpt.latest_step() if ckpt else None
     if latest is not None:
+        if checkpointing.layout_plan(os.path.join(ckpt.directory, str(latest)), target.params):
+            raise ConfigError(
+                f"scan_layers={cfg.scan_layers}: run {cfg.run_name!r} was checkpointed at step {latest} with "
+                f"scan_layers={not cfg.scan_layers}; resume with that setting, or start a new run with "
+                f"load_parameters_path={ckpt.directory}/{latest} (parameters convert automatically)"
+            )
         state, data_state, meta = ckpt.restore(latest, target)
         if meta.get("format_version") != checkpointing.FORMAT_VERSION:
             raise ConfigError(
