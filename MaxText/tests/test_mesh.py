@@ -107,6 +107,17 @@ def test_axis_rules_drop_size_one_axes():
     assert tuple(wi.spec) == ("fsdp", None, "tensor")
 
 
+def test_context_and_tensor_sequence_shard_the_length():
+    s = trainer.build(cfg_of("ici_fsdp_parallelism=4", "ici_context_parallelism=2"), jax.devices())
+    assert tuple(s.batch_sharding.spec) == ("fsdp", "context")
+    assert dict(s.rules)["activation_norm_length"] == "context"
+    s = trainer.build(cfg_of("ici_fsdp_parallelism=4", "ici_tensor_sequence_parallelism=2"), jax.devices())
+    assert dict(s.rules)["activation_norm_length"] == "tensor_sequence"  # the residual stream
+    assert dict(s.rules)["activation_heads"] == "tensor_sequence"
+    wq = s.shardings.params["decoder"]["layers"]["self_attention"]["query"]["kernel"]
+    assert tuple(wq.spec)[:3] == ("fsdp", None, "tensor_sequence")
+
+
 def test_fsdp_transpose_takes_the_mlp_axis_and_embed_falls_back():
     cfg = cfg_of("ici_fsdp_parallelism=2", "ici_fsdp_transpose_parallelism=2", "ici_tensor_parallelism=2")
     s = trainer.build(cfg, jax.devices())

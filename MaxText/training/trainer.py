@@ -16,7 +16,7 @@ import time
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
 
 from MaxText import input_pipeline
 from MaxText.config import Config, ConfigError, model_config, run_dir
@@ -53,7 +53,7 @@ class Setup:  # pylint: disable=too-many-instance-attributes
     schedule: object
     abstract_state: TrainState
     shardings: TrainState  # the same tree, with a NamedSharding per leaf
-    batch_sharding: object
+    batch_sharding: NamedSharding
     global_batch: int
     flops_per_step: float
     peak_tflops: float
