@@ -1,6 +1,7 @@
 """Train (or resume) a model: python3 -m MaxText.train configs/base.yml run_name=NAME key=value ...
 
-An existing run_name resumes from its latest checkpoint. Exit codes: 0 ok, 2 config error, 3 non-finite loss.
+An existing run_name resumes from its latest checkpoint. Exit codes: 0 ok, 2 config error, 3 non-finite loss,
+4 the processes of a multi-process run did not all join (see MaxText/parallel/distributed.py).
 After a run on the built-in corpus it prints a generated sample and the command to decode more.
 """
 
@@ -32,7 +33,13 @@ def main(argv) -> int:
     """Loads the config, records it in the run directory, trains, and shows a sample on the built-in corpus."""
     # Validated before a JAX backend starts; load_parameters_path's saved model keys apply automatically.
     cfg, _ = load_config_from_checkpoint(argv, require_checkpoint=False)
+    from MaxText.parallel import distributed  # pylint: disable=import-outside-toplevel
+
+    cluster = distributed.initialize(cfg.jax_distributed_initialization_timeout)  # before any computation
     from MaxText.training import trainer  # pylint: disable=import-outside-toplevel
+
+    if cluster:
+        trainer.log(f"joined {trainer.jax.process_count()} processes via {cluster.source}")
 
     overrides = " ".join(f"{k}={v}" for k, v in non_default_items(cfg).items())
     trainer.log(f"config: {overrides or '(defaults)'}")

@@ -16,6 +16,19 @@ def _f(**constraints) -> Any:
 
 DTYPES = ["float32", "bfloat16", "float16"]
 ACTIVATIONS = ["silu", "gelu", "gelu_tanh", "relu", "linear"]
+# Device mesh axes as MaxText names them (parallel/mesh.py builds the mesh; cfg.mesh_axes orders them).
+MESH_AXES = (
+    "data",
+    "stage",
+    "fsdp",
+    "fsdp_transpose",
+    "sequence",
+    "context",
+    "tensor",
+    "tensor_sequence",
+    "expert",
+    "autoregressive",
+)
 REMAT_POLICIES = [
     "none",
     "minimal",
@@ -156,6 +169,27 @@ class Config:  # pylint: disable=too-many-instance-attributes
     train_split: str = _f()
     eval_split: str = _f()
     target_eval_loss: float = _f(ge=0)
+
+    # ---- Scale-out ----
+    jax_distributed_initialization_timeout: int = _f(gt=0)
+    ici_pipeline_parallelism: int = _f(ge=-1)
+    ici_fsdp_transpose_parallelism: int = _f(ge=-1)
+    ici_sequence_parallelism: int = _f(ge=-1)
+    ici_context_parallelism: int = _f(ge=-1)
+    ici_tensor_sequence_parallelism: int = _f(ge=-1)
+    ici_expert_parallelism: int = _f(ge=-1)
+    ici_autoregressive_parallelism: int = _f(ge=-1)
+    dcn_data_parallelism: int = _f(ge=-1)
+    dcn_pipeline_parallelism: int = _f(ge=-1)
+    dcn_fsdp_parallelism: int = _f(ge=-1)
+    dcn_fsdp_transpose_parallelism: int = _f(ge=-1)
+    dcn_sequence_parallelism: int = _f(ge=-1)
+    dcn_context_parallelism: int = _f(ge=-1)
+    dcn_tensor_parallelism: int = _f(ge=-1)
+    dcn_tensor_sequence_parallelism: int = _f(ge=-1)
+    dcn_expert_parallelism: int = _f(ge=-1)
+    dcn_autoregressive_parallelism: int = _f(ge=-1)
+    sharding_tolerance: float = _f(ge=0)
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)

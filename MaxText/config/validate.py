@@ -5,7 +5,7 @@ import typing
 import yaml
 
 from MaxText.config.errors import ConfigError, suggest
-from MaxText.config.schema import ACTIVATIONS, FIELDS, Config
+from MaxText.config.schema import ACTIVATIONS, FIELDS, MESH_AXES, Config
 from MaxText.models.registry import LOCAL_GLOBAL_BLOCKS
 
 
@@ -155,8 +155,11 @@ def check_cross_field(cfg: Config, known_blocks) -> None:
             f"{cfg.rope_low_freq_factor}",
         )
     _check_model_features(cfg)
-    axes = ["data", "fsdp", "tensor"]
-    _require(cfg.mesh_axes == axes, f"mesh_axes={cfg.mesh_axes}: expected {axes}")
+    axes = list(MESH_AXES)
+    _require(
+        sorted(cfg.mesh_axes) == sorted(axes),
+        f"mesh_axes={cfg.mesh_axes}: expected each of {', '.join(axes)} exactly once, in any order",
+    )
     for rule in cfg.logical_axis_rules:
         ok = isinstance(rule, list) and len(rule) == 2 and isinstance(rule[0], str)
         _require(ok, f"logical_axis_rules entry {rule!r}: expected [logical_name, mesh_axis_or_list]")

@@ -25,7 +25,8 @@ from MaxText.layers.linears import MlpBlock
 from MaxText.layers.normalizations import make_norm
 from MaxText.models.registry import Stack
 
-_ACT = ("activation_batch", "activation_length", "activation_embed")
+# The residual stream between blocks: its length axis is what tensor-sequence parallelism shards.
+_ACT = ("activation_batch", "activation_norm_length", "activation_embed")
 
 
 class NormNames(NamedTuple):

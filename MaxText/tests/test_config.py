@@ -136,4 +136,4 @@ def test_mesh_product_mismatch_exits_2(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
-    assert "ici_fsdp_parallelism=3, ici_tensor_parallelism=1: product 3 != 8 devices" in proc.stderr
+    assert "ici_fsdp_parallelism=3: product 3 != 8 devices per slice" in proc.stderr

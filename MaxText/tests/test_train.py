@@ -46,8 +46,10 @@ def single_device_run():
         ["ici_fsdp_parallelism=8"],
         ["ici_fsdp_parallelism=4", "ici_tensor_parallelism=2"],
         ["ici_data_parallelism=2", "ici_fsdp_parallelism=2", "ici_tensor_parallelism=2"],
+        ["ici_fsdp_parallelism=4", "ici_tensor_sequence_parallelism=2"],
+        ["ici_fsdp_parallelism=4", "ici_context_parallelism=2"],  # keys/values all-gathered along the length
     ],
-    ids=["dp8", "fsdp8", "fsdp4_tp2", "dp2_fsdp2_tp2"],
+    ids=["dp8", "fsdp8", "fsdp4_tp2", "dp2_fsdp2_tp2", "fsdp4_tsp2", "fsdp4_cp2"],
 )
 def test_sharded_loss_equals_single_device(single_device_run, mesh):
     ref, _ = single_device_run

@@ -16,6 +16,8 @@ from typing import Optional
 import jax
 import orbax.checkpoint as ocp
 
+from MaxText.training import layer_layout
+
 FORMAT_VERSION = 1
 _ITEMS = ("state", "data_iter", "meta")
 
@@ -96,21 +98,40 @@ def resolve_step_dir(path: str) -> str:
     raise FileNotFoundError(f"no checkpoint found at {path} (expected a run, checkpoints or step directory)")
 
 
+def layout_plan(step_dir: str, abstract_params) -> list:
+    """How the checkpoint's layer layout (scan_layers on/off) differs from abstract_params'; [] = the same.
+
+    Raises ValueError when the parameter trees differ in some other way.
+    """
+    meta = ocp.PyTreeCheckpointer().metadata(os.path.join(step_dir, "state"))
+    stored = getattr(meta, "item_metadata", meta)
+    stored = stored.get("params") if hasattr(stored, "get") else None
+    if not hasattr(stored, "get") or "decoder" not in stored or "decoder" not in abstract_params:
+        return []  # no tree metadata to compare: restore as before and let orbax report a mismatch
+    if set(stored["decoder"]) == set(abstract_params["decoder"]):
+        return []
+    return layer_layout.plan(stored["decoder"], abstract_params["decoder"])
+
+
 def load_params(path: str, abstract_params):
     """Restores only the parameters of a checkpoint (any step directory layout above).
 
-    abstract_params carries target shardings. Optimizer state in the checkpoint is not read.
+    abstract_params carries target shardings. Optimizer state in the checkpoint is not read. A checkpoint
+    written with the other scan_layers setting is converted to the target layout (bit-exact).
     """
     step_dir = resolve_step_dir(path)
+    restacks = layout_plan(step_dir, abstract_params)
+    source = layer_layout.stored_abstract(abstract_params, restacks) if restacks else abstract_params
     checkpointer = ocp.PyTreeCheckpointer()
-    restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_params)
+    restore_args = ocp.checkpoint_utils.construct_restore_args(source)
     restored = checkpointer.restore(
         os.path.join(step_dir, "state"),
         args=ocp.args.PyTreeRestore(
-            item={"params": abstract_params}, restore_args={"params": restore_args}, partial_restore=True
+            item={"params": source}, restore_args={"params": restore_args}, partial_restore=True
         ),
     )
-    return restored["params"]
+    params = restored["params"]
+    return layer_layout.to_target(params, restacks, abstract_params) if restacks else params
 
 
 def read_meta(path: str) -> dict:

@@ -17,11 +17,12 @@ import time
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
 
 from MaxText import input_pipeline
 from MaxText.config import Config, ConfigError, model_config, run_dir
 from MaxText.config.derived import global_batch_size
+from MaxText.parallel import distributed
 from MaxText.parallel import mesh as mesh_lib
 from MaxText.training import checkpointing, flops, optimizers
 from MaxText.training.metrics import MetricsWriter, format_duration, step_line
@@ -53,7 +54,7 @@ class Setup:  # pylint: disable=too-many-instance-attributes
     schedule: object
     abstract_state: TrainState
     shardings: TrainState  # the same tree, with a NamedSharding per leaf
-    batch_sharding: object
+    batch_sharding: NamedSharding
     global_batch: int
     flops_per_step: float
     peak_tflops: float
@@ -91,7 +92,7 @@ def data_config(cfg: Config, global_batch: int) -> input_pipeline.DataConfig:
 def build(cfg: Config, devices=None) -> Setup:
     """Mesh, model, optimizer and shardings. Allocates nothing on the devices yet."""
     mesh = mesh_lib.make_mesh(cfg, devices)
-    rules = mesh_lib.axis_rules(cfg)
+    rules = mesh_lib.axis_rules(cfg, mesh)
     n_devices = mesh.devices.size
     global_batch = global_batch_size(cfg, n_devices)
     dp = mesh_lib.data_parallel_size(mesh, rules)
@@ -110,6 +111,7 @@ def build(cfg: Config, devices=None) -> Setup:
     model = make_model(mcfg)
     tx = optimizers.make_optimizer(cfg)
     abstract_state, shardings = state_shardings(model, tx, mesh, rules)
+    mesh_lib.check_params_sharded(abstract_state.params, shardings.params, mesh, cfg.sharding_tolerance)
     peak, source = flops.peak_tflops_per_device(cfg.peak_tflops_per_device)
     return Setup(
         cfg=cfg,
@@ -246,6 +248,12 @@ def _restore_or_init(s: Setup, ckpt, data_iter, tokenizer_id):
     target = checkpointing.abstract_with_shardings(s.abstract_state, s.shardings)
     latest = ckpt.latest_step() if ckpt else None
     if latest is not None:
+        if checkpointing.layout_plan(os.path.join(ckpt.directory, str(latest)), target.params):
+            raise ConfigError(
+                f"scan_layers={cfg.scan_layers}: run {cfg.run_name!r} was checkpointed at step {latest} with "
+                f"scan_layers={not cfg.scan_layers}; resume with that setting, or start a new run with "
+                f"load_parameters_path={ckpt.directory}/{latest} (parameters convert automatically)"
+            )
         state, data_state, meta = ckpt.restore(latest, target)
         if meta.get("format_version") != checkpointing.FORMAT_VERSION:
             raise ConfigError(
@@ -384,9 +392,9 @@ def _data_errors(cfg: Config):
         raise ConfigError(f"dataset_type={cfg.dataset_type!r}: {e}") from None
 
 
-def train(cfg: Config) -> int:
-    """Runs (or resumes) training as configured. Returns the process exit code."""
-    s = build(cfg)
+def train(cfg: Config, devices=None) -> int:
+    """Runs (or resumes) training as configured, on `devices` (default: all). Returns the exit code."""
+    s = build(cfg, devices)
     directory = run_dir(cfg)
     dcfg = data_config(cfg, s.global_batch)
     tokenizer, data_iter = _open_data(cfg, dcfg)
@@ -417,7 +425,15 @@ def train(cfg: Config) -> int:
             with _data_errors(cfg):
                 evaluator = _Evaluator(s, dcfg, tokenizer)
             run = _Run(s, state, data_iter, ckpt, writer, evaluator, meta)
-            while run.step < cfg.steps and not stop.requested and not run.target_reached:
+            # Every process must leave the loop at the same step, or the final save's collectives hang. The
+            # eval loss behind target_reached is a global value, so all processes see it alike.
+            agreement = distributed.StopAgreement(s.mesh)
+            stopping = False
+            while (
+                run.step < cfg.steps
+                and not run.target_reached
+                and not (stopping := agreement.should_stop(bool(stop.requested)))
+            ):
                 profiler.before_step(run.step)
                 run.train_one()
                 profiler.after_step(run.step, run.state)
@@ -426,8 +442,9 @@ def train(cfg: Config) -> int:
                 run.maybe_eval(last)
                 run.maybe_save(last)
             profiler.stop(run.step, run.state)
-            if stop.requested:
-                log(f"received {stop.requested} at step {run.step}: saving a checkpoint and exiting")
+            if stopping:
+                cause = stop.requested or "a stop request from another process"
+                log(f"received {cause} at step {run.step}: saving a checkpoint and exiting")
                 run.save()
             if run.target_reached:
                 log(f"eval loss reached target_eval_loss={cfg.target_eval_loss} at step {run.step}; stopping")
