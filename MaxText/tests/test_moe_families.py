@@ -40,6 +40,7 @@ from MaxText import input_pipeline
 from MaxText.parallel import mesh as mesh_lib
 from MaxText.training import train_step as train_step_lib
 from MaxText.training import trainer
+from MaxText.training.loss import moe_load_balance_loss
 from MaxText.training.metrics import step_line
 from MaxText.training.train_state import init_state, make_model
 
@@ -222,3 +223,25 @@ def test_loss_adds_the_weighted_load_balance_loss_over_real_tokens():
     assert 1.0 <= float(s1["moe_lb_loss"]) / 28 < 2.0
     s2 = sums(params, ids.at[1, 12:].set(ids[1, 12:] + 1))  # other padding tokens route elsewhere
     np.testing.assert_allclose(float(s2["moe_lb_loss"]), float(s1["moe_lb_loss"]), rtol=1e-6)
+
+
+def _lb_loss(model, params):
+    ids = jnp.asarray(_ids())
+    positions = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
+    _, variables = model.apply(
+        {"params": params}, ids, positions, jnp.ones_like(ids), "train", mutable=["intermediates"]
+    )
+    return float(moe_load_balance_loss(variables["intermediates"]))
+
+
+def test_unscanned_dense_and_moe_stacks_match_scanned():
+    _, _, state, cfg, model, params, want = hf_case("deepseek3")
+    cfg_u = cfg.replace(scan_layers=False)
+    model_u = make_model(cfg_u)
+    params_u = hf_mappings.hf_to_params("deepseek3", state, cfg_u)
+    assert {"dense_layers_0", "moe_layers_0", "moe_layers_1"} == set(params_u["decoder"]) - {
+        "decoder_norm",
+        "logits_dense",
+    }
+    np.testing.assert_allclose(_forward(model_u, params_u, _ids()), want, atol=1e-4)
+    np.testing.assert_allclose(_lb_loss(model_u, params_u), _lb_loss(model, params), rtol=1e-5)
