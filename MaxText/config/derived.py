@@ -55,6 +55,31 @@ class ModelConfig:  # pylint: disable=too-many-instance-attributes
     scan_layers: bool
     param_scan_axis: int
     remat_policy: str
+    # Mixture of experts (defaults: a dense model).
+    num_experts: int = 0
+    num_experts_per_tok: int = 1
+    moe_mlp_dim: int = 0
+    moe_score_func: str = "softmax"
+    norm_topk_prob: bool = False
+    moe_n_group: int = 1
+    moe_topk_group: int = 1
+    moe_group_score: str = "max"
+    moe_score_correction_bias: bool = False
+    routed_scaling_factor: float = 1.0
+    num_shared_experts: int = 0
+    first_num_dense_layers: int = 0
+    capacity_factor: float = 0.0
+    # Multi-head latent attention (kv_lora_rank = 0: not used) and RoPE variants.
+    q_lora_rank: int = 0
+    kv_lora_rank: int = 0
+    qk_nope_head_dim: int = 128
+    qk_rope_head_dim: int = 64
+    v_head_dim: int = 128
+    rope_interleave: bool = False
+    rope_yarn_beta_fast: float = 32.0
+    rope_yarn_beta_slow: float = 1.0
+    rope_yarn_mscale: float = 0.0
+    rope_yarn_mscale_all_dim: float = 0.0
 
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
@@ -72,6 +97,11 @@ MODEL_KEYS = (
     "use_post_attn_norm", "use_post_ffw_norm", "query_pre_attn_scalar", "attn_logits_soft_cap",
     "final_logits_soft_cap", "dtype",
     "weight_dtype", "param_scan_axis", "tokenizer_path", "add_bos", "add_eos",
+    "num_experts", "num_experts_per_tok", "base_moe_mlp_dim", "moe_score_func", "norm_topk_prob",
+    "moe_n_group", "moe_topk_group", "moe_group_score", "moe_score_correction_bias", "routed_scaling_factor",
+    "num_shared_experts", "first_num_dense_layers",
+    "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "rope_interleave",
+    "rope_yarn_beta_fast", "rope_yarn_beta_slow", "rope_yarn_mscale", "rope_yarn_mscale_all_dim",
 )  # fmt: skip
 
 
@@ -119,6 +149,29 @@ def model_config(cfg: Config) -> ModelConfig:
         scan_layers=cfg.scan_layers,
         param_scan_axis=cfg.param_scan_axis,
         remat_policy=cfg.remat_policy,
+        num_experts=cfg.num_experts,
+        num_experts_per_tok=cfg.num_experts_per_tok,
+        moe_mlp_dim=cfg.base_moe_mlp_dim,
+        moe_score_func=cfg.moe_score_func,
+        norm_topk_prob=cfg.norm_topk_prob,
+        moe_n_group=cfg.moe_n_group,
+        moe_topk_group=cfg.moe_topk_group,
+        moe_group_score=cfg.moe_group_score,
+        moe_score_correction_bias=cfg.moe_score_correction_bias,
+        routed_scaling_factor=cfg.routed_scaling_factor,
+        num_shared_experts=cfg.num_shared_experts,
+        first_num_dense_layers=cfg.first_num_dense_layers,
+        capacity_factor=cfg.capacity_factor,
+        q_lora_rank=cfg.q_lora_rank,
+        kv_lora_rank=cfg.kv_lora_rank,
+        qk_nope_head_dim=cfg.qk_nope_head_dim,
+        qk_rope_head_dim=cfg.qk_rope_head_dim,
+        v_head_dim=cfg.v_head_dim,
+        rope_interleave=cfg.rope_interleave,
+        rope_yarn_beta_fast=cfg.rope_yarn_beta_fast,
+        rope_yarn_beta_slow=cfg.rope_yarn_beta_slow,
+        rope_yarn_mscale=cfg.rope_yarn_mscale,
+        rope_yarn_mscale_all_dim=cfg.rope_yarn_mscale_all_dim,
     )
 
 

@@ -60,7 +60,7 @@ class Config:  # pylint: disable=too-many-instance-attributes
     mlp_activations: list = _f()
     normalization_layer_epsilon: float = _f(gt=0)
     logits_via_embedding: bool = _f()
-    rope_type: str = _f(choices=["default", "llama3", "linear"])
+    rope_type: str = _f(choices=["default", "llama3", "linear", "yarn"])
     rope_max_timescale: float = _f(gt=0)
     rope_scaling_factor: float = _f(gt=0)
     rope_low_freq_factor: float = _f(gt=0)
@@ -190,6 +190,34 @@ class Config:  # pylint: disable=too-many-instance-attributes
     dcn_expert_parallelism: int = _f(ge=-1)
     dcn_autoregressive_parallelism: int = _f(ge=-1)
     sharding_tolerance: float = _f(ge=0)
+
+    # ---- Mixture of experts ----
+    num_experts: int = _f(ge=0)
+    num_experts_per_tok: int = _f(gt=0)
+    base_moe_mlp_dim: int = _f(ge=0)
+    moe_score_func: str = _f(choices=["softmax", "sigmoid"])
+    norm_topk_prob: bool = _f()
+    moe_n_group: int = _f(gt=0)
+    moe_topk_group: int = _f(gt=0)
+    moe_group_score: str = _f(choices=["max", "top2_sum"])
+    moe_score_correction_bias: bool = _f()
+    routed_scaling_factor: float = _f(gt=0)
+    num_shared_experts: int = _f(ge=0)
+    first_num_dense_layers: int = _f(ge=0)
+    capacity_factor: float = _f()
+    load_balance_loss_weight: float = _f(ge=0)
+
+    # ---- Latent attention (MLA) ----
+    q_lora_rank: int = _f(ge=0)
+    kv_lora_rank: int = _f(ge=0)
+    qk_nope_head_dim: int = _f(gt=0)
+    qk_rope_head_dim: int = _f(gt=0)
+    v_head_dim: int = _f(gt=0)
+    rope_interleave: bool = _f()
+    rope_yarn_beta_fast: float = _f(gt=0)
+    rope_yarn_beta_slow: float = _f(gt=0)
+    rope_yarn_mscale: float = _f(ge=0)
+    rope_yarn_mscale_all_dim: float = _f(ge=0)
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)

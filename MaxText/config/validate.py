@@ -6,7 +6,7 @@ import yaml
 
 from MaxText.config.errors import ConfigError, suggest
 from MaxText.config.schema import ACTIVATIONS, FIELDS, MESH_AXES, Config
-from MaxText.models.registry import LOCAL_GLOBAL_BLOCKS
+from MaxText.models.registry import LOCAL_GLOBAL_BLOCKS, MLA_BLOCKS, MOE_BLOCKS
 
 
 def _as_bool(value, bad):
@@ -127,6 +127,52 @@ def _check_data_sources(cfg: Config) -> None:
     )
 
 
+def _check_moe(cfg: Config) -> None:
+    """Rules for the mixture-of-experts keys."""
+    moe = cfg.decoder_block in MOE_BLOCKS
+    if not moe:
+        _require(
+            cfg.num_experts == 0,
+            f"num_experts={cfg.num_experts}: decoder_block={cfg.decoder_block!r} has no MoE layers; expected 0 "
+            f"(MoE blocks: {', '.join(MOE_BLOCKS)})",
+        )
+        return
+    e, k, g = cfg.num_experts, cfg.num_experts_per_tok, cfg.moe_n_group
+    _require(e > 0, f"num_experts=0: decoder_block={cfg.decoder_block!r} routes to experts; expected > 0")
+    _require(
+        cfg.base_moe_mlp_dim > 0, "base_moe_mlp_dim=0: MoE layers need the expert hidden size; expected > 0"
+    )
+    _require(k <= e, f"num_experts_per_tok={k}: must be <= num_experts={e}")
+    _require(e % g == 0, f"moe_n_group={g}: must divide num_experts={e}")
+    _require(cfg.moe_topk_group <= g, f"moe_topk_group={cfg.moe_topk_group}: must be <= moe_n_group={g}")
+    _require(
+        k <= cfg.moe_topk_group * (e // g),
+        f"num_experts_per_tok={k}: must be <= moe_topk_group x experts per group = "
+        f"{cfg.moe_topk_group * (e // g)}",
+    )
+    if cfg.moe_group_score == "top2_sum" and g > 1:
+        _require(e // g >= 2, f"moe_group_score='top2_sum': needs >= 2 experts per group, got {e // g}")
+    _require(
+        cfg.first_num_dense_layers < cfg.base_num_decoder_layers,
+        f"first_num_dense_layers={cfg.first_num_dense_layers}: must be < base_num_decoder_layers="
+        f"{cfg.base_num_decoder_layers}",
+    )
+
+
+def _check_mla(cfg: Config) -> None:
+    """Rules for the multi-head latent attention keys."""
+    if cfg.decoder_block not in MLA_BLOCKS:
+        return
+    _require(
+        cfg.kv_lora_rank > 0,
+        f"kv_lora_rank=0: decoder_block={cfg.decoder_block!r} uses latent attention; expected > 0",
+    )
+    _require(
+        cfg.qk_rope_head_dim % 2 == 0,
+        f"qk_rope_head_dim={cfg.qk_rope_head_dim}: rotary embeddings need an even size",
+    )
+
+
 def check_cross_field(cfg: Config, known_blocks) -> None:
     """Rules that involve several keys. Device-dependent rules live in parallel/mesh.py."""
     _check_data_sources(cfg)
@@ -155,6 +201,8 @@ def check_cross_field(cfg: Config, known_blocks) -> None:
             f"{cfg.rope_low_freq_factor}",
         )
     _check_model_features(cfg)
+    _check_moe(cfg)
+    _check_mla(cfg)
     axes = list(MESH_AXES)
     _require(
         sorted(cfg.mesh_axes) == sorted(axes),

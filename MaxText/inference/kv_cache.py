@@ -5,7 +5,8 @@ A unit of one layer has the cache {"k": [U, B, S, K, H], "v": [U, B, S, K, H]}; 
 layers (registry.Stack.sublayers, e.g. Gemma 2's ("local", "global")) has {sublayer: {"k": ..., "v": ...}}.
 B batch slots, S cache length, K kv heads, H head dim. Slot s of row b holds the key/value of the token at
 position s of that row; sliding-window layers keep every slot too and mask by position. The same layout
-serves scan_layers true and false.
+serves scan_layers true and false. Blocks with another cache declare it with `cache_shapes(cfg)` (MLA:
+{"latent": [U, B, S, R], "k_rope": [U, B, S, O]}, see layers/mla.py).
 """
 
 import jax.numpy as jnp
@@ -20,10 +21,13 @@ def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=None) -> dict:
     dtype = dtype or dtype_of(cfg.dtype)
     cache = {}
     for stack in registry.stacks(cfg):
-        shape = (stack.length, batch, length, cfg.num_kv_heads, cfg.head_dim)
+        # A block may declare its own per-token cache (MLA keeps a compressed latent); the default is K/V.
+        declared = getattr(stack.block, "cache_shapes", None)
+        kv = (cfg.num_kv_heads, cfg.head_dim)
+        per_token = declared(cfg) if declared else {"k": kv, "v": kv}
 
-        def layer_cache(shape=shape):
-            return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+        def layer_cache(per_token=per_token, prefix=(stack.length, batch, length)):
+            return {name: jnp.zeros(prefix + shape, dtype) for name, shape in per_token.items()}
 
         if stack.sublayers:
             cache[stack.name] = {name: layer_cache() for name in stack.sublayers}

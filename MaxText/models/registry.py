@@ -15,11 +15,19 @@ FAMILIES = {
     "gemma3": "MaxText.models.gemma3",
     "qwen3": "MaxText.models.qwen3",
     "gpt3": "MaxText.models.gpt3",
+    "mixtral": "MaxText.models.mixtral",
+    "qwen3_moe": "MaxText.models.qwen3_moe",
+    "deepseek2": "MaxText.models.deepseek",
+    "deepseek3": "MaxText.models.deepseek",
 }
 BLOCK_NAMES = tuple(FAMILIES)
 # Blocks whose scanned unit is a group of `sliding_window_pattern` layers: local (sliding window) ones, then
 # one global. The other blocks scan single layers and need sliding_window_pattern = 0.
 LOCAL_GLOBAL_BLOCKS = ("gemma2", "gemma3")
+# Blocks with mixture-of-experts layers; they need num_experts > 0 (the others need num_experts = 0).
+MOE_BLOCKS = ("mixtral", "qwen3_moe", "deepseek2", "deepseek3")
+# Blocks with multi-head latent attention; they need kv_lora_rank > 0.
+MLA_BLOCKS = ("deepseek2", "deepseek3")
 
 
 class Stack(NamedTuple):

@@ -20,7 +20,7 @@ import flax.linen as nn
 from MaxText.config.derived import ModelConfig
 from MaxText.layers.attention import Attention
 from MaxText.layers.common import constrain, dtype_of, precision_of
-from MaxText.layers.embeddings import RopeConfig
+from MaxText.layers.embeddings import RopeConfig, yarn_mscale
 from MaxText.layers.linears import MlpBlock
 from MaxText.layers.normalizations import make_norm
 from MaxText.models.registry import Stack
@@ -50,19 +50,38 @@ GEMMA_NORMS = NormNames(
 )
 
 
-def rope_config(cfg: ModelConfig, global_attention: bool = True) -> RopeConfig:
-    """The RoPE of a global layer, or of a local one (unscaled, local base) when local_rope_max_timescale > 0."""
+def rope_config(cfg: ModelConfig, global_attention: bool = True, head_dim: int = 0) -> RopeConfig:
+    """The RoPE of a global layer, or of a local one (unscaled, local base) when local_rope_max_timescale > 0.
+    head_dim: the rotated size when it is not cfg.head_dim (MLA's rope part)."""
+    head_dim = head_dim or cfg.head_dim
     if not global_attention and cfg.local_rope_max_timescale > 0:
-        return RopeConfig(head_dim=cfg.head_dim, theta=cfg.local_rope_max_timescale)
+        return RopeConfig(
+            head_dim=head_dim, theta=cfg.local_rope_max_timescale, interleaved=cfg.rope_interleave
+        )
     return RopeConfig(
-        head_dim=cfg.head_dim,
+        head_dim=head_dim,
         theta=cfg.rope_max_timescale,
         rope_type=cfg.rope_type,
         factor=cfg.rope_scaling_factor,
         low_freq_factor=cfg.rope_low_freq_factor,
         high_freq_factor=cfg.rope_high_freq_factor,
         original_max_position=cfg.rope_original_max_position_embeddings,
+        beta_fast=cfg.rope_yarn_beta_fast,
+        beta_slow=cfg.rope_yarn_beta_slow,
+        attention_factor=yarn_attention_factor(cfg),
+        interleaved=cfg.rope_interleave,
     )
+
+
+def yarn_attention_factor(cfg: ModelConfig) -> float:
+    """YaRN's factor on cos/sin: mscale(factor, mscale) / mscale(factor, mscale_all_dim) when both are set,
+    else mscale(factor, 1); 1.0 for other rope types."""
+    if cfg.rope_type != "yarn":
+        return 1.0
+    f = cfg.rope_scaling_factor
+    if cfg.rope_yarn_mscale and cfg.rope_yarn_mscale_all_dim:
+        return yarn_mscale(f, cfg.rope_yarn_mscale) / yarn_mscale(f, cfg.rope_yarn_mscale_all_dim)
+    return yarn_mscale(f, 1.0)
 
 
 def norm(cfg: ModelConfig, name: str) -> nn.Module:
@@ -74,6 +93,15 @@ def norm(cfg: ModelConfig, name: str) -> nn.Module:
         scale_offset=cfg.normalization_scale_offset,
         dtype=dtype_of(cfg.dtype),
         weight_dtype=dtype_of(cfg.weight_dtype),
+    )
+
+
+def numerics(cfg: ModelConfig) -> dict:
+    """The dtype, weight_dtype and precision keyword arguments of a layer, from the config."""
+    return dict(
+        dtype=dtype_of(cfg.dtype),
+        weight_dtype=dtype_of(cfg.weight_dtype),
+        precision=precision_of(cfg.matmul_precision),
     )
 
 
@@ -89,6 +117,7 @@ class DecoderLayer(nn.Module):
     global_attention: bool = False
     NORM_NAMES = LLAMA_NORMS
     USE_ROPE = True
+    MOE = False  # whether "mlp" is a mixture of experts (parameter counts, FLOPs and mappings read this)
 
     def _attention(self):
         cfg = self.config
@@ -106,11 +135,26 @@ class DecoderLayer(nn.Module):
             qk_norm=cfg.use_qk_norm,
             qk_norm_epsilon=cfg.normalization_layer_epsilon,
             qk_norm_offset=cfg.normalization_scale_offset,
-            dtype=dtype_of(cfg.dtype),
-            weight_dtype=dtype_of(cfg.weight_dtype),
-            precision=precision_of(cfg.matmul_precision),
             name="self_attention",
+            **numerics(cfg),
         )
+
+    @classmethod
+    def cache_shapes(cls, cfg: ModelConfig) -> dict:
+        """This layer's decode cache: {name: per-token shape} (inference/kv_cache.py adds [B, S] in front)."""
+        return {"k": (cfg.num_kv_heads, cfg.head_dim), "v": (cfg.num_kv_heads, cfg.head_dim)}
+
+    def _feed_forward(self, h, segment_ids):
+        """The layer's MLP ("mlp"); MoE layers route tokens to experts here instead."""
+        del segment_ids
+        cfg = self.config
+        return MlpBlock(
+            mlp_dim=cfg.mlp_dim,
+            activations=cfg.mlp_activations,
+            use_bias=cfg.use_bias,
+            name="mlp",
+            **numerics(cfg),
+        )(h)
 
     @nn.compact
     def __call__(self, x, positions, segment_ids, mode, cache=None):
@@ -124,15 +168,7 @@ class DecoderLayer(nn.Module):
             h = norm(cfg, names.post_attention)(h)
         x = x + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
         h = norm(cfg, names.pre_mlp)(x)
-        h = MlpBlock(
-            mlp_dim=cfg.mlp_dim,
-            activations=cfg.mlp_activations,
-            dtype=dtype_of(cfg.dtype),
-            weight_dtype=dtype_of(cfg.weight_dtype),
-            precision=precision_of(cfg.matmul_precision),
-            use_bias=cfg.use_bias,
-            name="mlp",
-        )(h)
+        h = self._feed_forward(h, segment_ids)
         if cfg.use_post_ffw_norm:
             h = norm(cfg, names.post_mlp)(h)
         x = x + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)

@@ -66,3 +66,18 @@ def test_train_throughput_rejects_unknown_key(tmp_path):
     assert proc.returncode == 2
     assert "no_such_key" in proc.stderr
     assert not (tmp_path / "x.json").exists()
+
+
+def test_moe_throughput_writes_json(tmp_path):
+    out = tmp_path / "moe.json"
+    script = os.path.join(paths.REPO_ROOT, "benchmarks", "moe_throughput.py")
+    cmd = [sys.executable, script, "--tokens", "64", "--dim", "16", "--expert-dim", "32", "--experts", "4",
+           "--repeats", "1", "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(
+        cmd, cwd=paths.REPO_ROOT, env=_env_without_device_count(), capture_output=True, text=True, timeout=120,
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert set(r["results"]) == {"dropless", "capacity", "dense_loop"}
+    assert all(v["tokens_per_s"] > 0 for v in r["results"].values())

@@ -167,8 +167,12 @@ def test_inputs_exercise_the_family_features(family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_greedy_generation_matches_hf(family):
     hf, _, model, params, _ = hf_case(family)
+    greedy_matches_hf(hf, model, params, new=12)  # past the window of 6
+
+
+def greedy_matches_hf(hf, model, params, new):
+    """Our greedy tokens (KV cache, two prompt lengths in one padded batch) equal HF generate's."""
     prompts = [list(_ids(1, (7,))), list(_ids(2, (4,)))]
-    new = 12  # past the window of 6
     settings = DecodeSettings(
         prefill_length=8, max_new=new, eos_id=-1, pad_id=0, sampling=SamplingConfig("greedy")
     )

@@ -31,6 +31,16 @@ def _dims(d, f, layers, n, k, h, v, tie, **extra):
     )
 
 
+def _mla(q_lora_rank):
+    return dict(q_lora_rank=q_lora_rank or None, kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64,
+                v_head_dim=128)  # fmt: skip
+
+
+def _experts(routed, top_k, shared, size, dense_first):
+    return dict(n_routed_experts=routed, num_experts_per_tok=top_k, n_shared_experts=shared,
+                moe_intermediate_size=size, first_k_dense_replace=dense_first)  # fmt: skip
+
+
 # The published configs' dimensions (../shared/reference/models.md), independent of our YAMLs.
 _LLAMA2_7B = _dims(4096, 11008, 32, 32, 32, 128, 32000, False)
 _LLAMA3_70B = _dims(8192, 28672, 80, 64, 8, 128, 128256, False)
@@ -60,6 +70,59 @@ HF_CONFIGS = {
     "qwen3-8b": ("Qwen3Config", _dims(4096, 12288, 36, 32, 8, 128, 151936, False)),
     "qwen3-14b": ("Qwen3Config", _dims(5120, 17408, 40, 40, 8, 128, 151936, False)),
     "qwen3-32b": ("Qwen3Config", _dims(5120, 25600, 64, 64, 8, 128, 151936, False)),
+    # ---- MoE ----
+    "mixtral-8x7b": (
+        "MixtralConfig",
+        _dims(4096, 14336, 32, 32, 8, 128, 32000, False, num_local_experts=8, num_experts_per_tok=2),
+    ),
+    "mixtral-8x22b": (
+        "MixtralConfig",
+        _dims(6144, 16384, 56, 48, 8, 128, 32768, False, num_local_experts=8, num_experts_per_tok=2),
+    ),
+    "qwen3-30b-a3b": (
+        "Qwen3MoeConfig",
+        _dims(
+            2048,
+            6144,
+            48,
+            32,
+            4,
+            128,
+            151936,
+            False,
+            num_experts=128,
+            num_experts_per_tok=8,
+            moe_intermediate_size=768,
+        ),
+    ),
+    "deepseek2-16b": (
+        "DeepseekV2Config",
+        _dims(2048, 10944, 27, 16, 16, 192, 102400, False, **_mla(0), **_experts(64, 6, 2, 1408, 1)),
+    ),
+    "deepseek2-236b": (
+        "DeepseekV2Config",
+        _dims(5120, 12288, 60, 128, 128, 192, 102400, False, **_mla(1536), **_experts(160, 6, 2, 1536, 1)),
+    ),
+    "deepseek3-671b": (
+        "DeepseekV3Config",
+        _dims(7168, 18432, 61, 128, 128, 192, 129280, False, **_mla(1536), **_experts(256, 8, 1, 2048, 3)),
+    ),
+    "qwen3-235b-a22b": (
+        "Qwen3MoeConfig",
+        _dims(
+            4096,
+            12288,
+            94,
+            64,
+            4,
+            128,
+            151936,
+            False,
+            num_experts=128,
+            num_experts_per_tok=8,
+            moe_intermediate_size=1536,
+        ),
+    ),
 }
 NO_HF_CHECKPOINT = ("gpt3-175b", "gpt3-6b", "gpt3-52k", "test-tiny")
 
@@ -73,7 +136,9 @@ def _hf_count(name: str) -> int:
     cfg = getattr(transformers, config_cls)(**dims)
     with torch.device("meta"):
         model = transformers.AutoModelForCausalLM.from_config(cfg)
-    return sum(p.numel() for p in model.parameters())  # tied weights are one Parameter, counted once
+    count = sum(p.numel() for p in model.parameters())  # tied weights are one Parameter, counted once
+    # DeepSeek V3's router score-correction bias is a buffer in transformers; we count it as a parameter.
+    return count + sum(b.numel() for n, b in model.named_buffers() if n.endswith("e_score_correction_bias"))
 
 
 def test_every_shipped_model_with_a_checkpoint_has_a_reference():

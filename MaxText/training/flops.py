@@ -3,8 +3,10 @@
 Training FLOPs per step (the model's FLOPs; remat recompute is not counted):
     6 * P_matmul * tokens                         weights: 2 FLOPs per multiply-add, x3 for fwd + bwd
   + 2 * 2 * pairs * N * H * L * 3                 attention scores (QK^T) and values (PV), fwd + bwd
+                                                (MLA: 2 * pairs * N * (P + O + V) * L * 3)
   + 6 * tokens * D * V                            output logits
-where P_matmul counts the non-embedding matmul parameters (q, k, v, o and the MLP), tokens = B x T and
+where P_matmul counts the non-embedding matmul parameters a token goes through (q, k, v, o and the MLP; in
+MoE layers the router and the top-k routed and the shared experts, not the idle experts), tokens = B x T and
 `pairs` the (query, key) pairs attended per row, summed per layer: T^2 / 2 for causal attention, fewer in
 layers with a window W < T (Gemma 2/3 alternate windowed and global layers). The per-layer pair count
 replaces DESIGN's `S^2 x layers / 2`; they agree when no layer has a window.
@@ -33,11 +35,34 @@ PEAK_TFLOPS = (
 )
 
 
-def matmul_params_per_layer(cfg: ModelConfig) -> int:
+def matmul_params_per_layer(cfg: ModelConfig, moe: bool = False) -> int:
+    """Matmul parameters one token goes through in one layer. In a MoE layer (`moe`): the router, its
+    num_experts_per_tok routed experts and the shared experts, each expert an MLP of moe_mlp_dim."""
     d, n, k, h, f = cfg.emb_dim, cfg.num_query_heads, cfg.num_kv_heads, cfg.head_dim, cfg.mlp_dim
     attention = d * n * h + 2 * d * k * h + n * h * d
-    mlp = d * f * len(cfg.mlp_activations) + f * d
-    return attention + mlp
+    if cfg.kv_lora_rank > 0:  # latent attention (layers/mla.py), expanded keys and values as in training
+        q, r, qk, v = (
+            cfg.q_lora_rank,
+            cfg.kv_lora_rank,
+            cfg.qk_nope_head_dim + cfg.qk_rope_head_dim,
+            cfg.v_head_dim,
+        )
+        query = q * (d + n * qk) if q else d * n * qk
+        attention = query + d * (r + cfg.qk_rope_head_dim) + r * n * (cfg.qk_nope_head_dim + v) + n * v * d
+    matrices = len(cfg.mlp_activations) + 1
+    if not moe:
+        return attention + matrices * d * f
+    experts = cfg.num_experts_per_tok + cfg.num_shared_experts
+    return attention + d * cfg.num_experts + experts * matrices * d * cfg.moe_mlp_dim
+
+
+def matmul_params_all_layers(cfg: ModelConfig) -> int:
+    """matmul_params_per_layer summed over the layers of every stack (dense and MoE layers apart)."""
+    total = 0
+    for stack in registry.stacks(cfg):
+        layers = stack.length * len(stack.sublayers or (None,))
+        total += layers * matmul_params_per_layer(cfg, getattr(stack.block, "MOE", False))
+    return total
 
 
 def attended_pairs(length: int, window: int) -> float:
@@ -57,10 +82,19 @@ def attended_pairs_all_layers(cfg: ModelConfig, length: int) -> float:
     return total
 
 
+def score_and_value_dims(cfg: ModelConfig) -> int:
+    """Query-key plus value head sizes: 2H, or P + O + V under latent attention."""
+    if cfg.kv_lora_rank > 0:
+        return cfg.qk_nope_head_dim + cfg.qk_rope_head_dim + cfg.v_head_dim
+    return 2 * cfg.head_dim
+
+
 def train_flops_per_step(cfg: ModelConfig, batch: int, length: int) -> float:
     tokens = batch * length
-    weights = 6 * matmul_params_per_layer(cfg) * cfg.num_decoder_layers * tokens
-    attention = 12 * batch * attended_pairs_all_layers(cfg, length) * cfg.num_query_heads * cfg.head_dim
+    weights = 6 * matmul_params_all_layers(cfg) * tokens
+    attention = (
+        6 * batch * attended_pairs_all_layers(cfg, length) * cfg.num_query_heads * score_and_value_dims(cfg)
+    )
     logits = 6 * tokens * cfg.emb_dim * cfg.vocab_size
     return float(weights + attention + logits)
 

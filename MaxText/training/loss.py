@@ -1,9 +1,12 @@
-"""Masked next-token cross entropy with optional z-loss, summed (the caller divides by token count)."""
+"""Masked next-token cross entropy with optional z-loss, summed (the caller divides by token count), and the
+MoE load-balance loss read from what the model sowed."""
 
 import functools
 
 import jax
 import jax.numpy as jnp
+
+from MaxText.layers.moe import LB_LOSS_NAME
 
 
 def _target_logit(logits, targets):
@@ -59,3 +62,11 @@ def cross_entropy_sums(logits, targets, mask, z_loss_multiplier: float = 0.0):
     weights = (mask != 0).astype(jnp.float32)
     ce, z = _weighted_sums(logits, targets, weights, float(z_loss_multiplier))
     return {"loss": ce + z, "ce": ce, "z_loss": z, "tokens": weights.sum()}
+
+
+def moe_load_balance_loss(intermediates):
+    """Mean over MoE layers of the `moe_lb_loss` values the layers sowed (scanned stacks sow one per layer),
+    or None when the model has no MoE layer. intermediates: the model's "intermediates" collection."""
+    flat = jax.tree_util.tree_flatten_with_path(intermediates)[0]
+    values = [jnp.ravel(v) for path, v in flat if any(getattr(k, "key", None) == LB_LOSS_NAME for k in path)]
+    return jnp.mean(jnp.concatenate(values)) if values else None

@@ -6,8 +6,9 @@ import optax
 from MaxText.config import Config
 from MaxText.config.derived import schedule_steps
 
-# Parameters whose last path element is one of these get no weight decay: norm scales and biases.
-_NO_DECAY = ("scale", "bias")
+# Parameters whose last path element is one of these get no weight decay: norm scales and biases (the MoE
+# router's score-correction bias has no gradient; decay alone would shrink it to zero).
+_NO_DECAY = ("scale", "bias", "score_correction_bias")
 
 
 def learning_rate_schedule(cfg: Config) -> optax.Schedule:

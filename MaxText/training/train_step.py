@@ -10,20 +10,28 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from MaxText.training.loss import cross_entropy_sums
+from MaxText.training.loss import cross_entropy_sums, moe_load_balance_loss
 from MaxText.training.train_state import TrainState
 
 
-def _sums(model, params, batch, rng, z_loss: float):
-    logits, _ = model.apply(
+def _sums(model, params, batch, rng, z_loss: float, lb_weight: float = 0.0):
+    """Loss sums of one batch. MoE models add lb_weight x (load-balance loss) x tokens to "loss" and report
+    the load-balance loss x tokens as "moe_lb_loss", so dividing by the token count gives means."""
+    (logits, _), variables = model.apply(
         {"params": params},
         batch["inputs"],
         batch["inputs_position"],
         batch["inputs_segmentation"],
         "train",
         rngs={"dropout": rng},
+        mutable=["intermediates"],
     )
-    return cross_entropy_sums(logits, batch["targets"], batch["targets_segmentation"], z_loss)
+    sums = cross_entropy_sums(logits, batch["targets"], batch["targets_segmentation"], z_loss)
+    lb = moe_load_balance_loss(variables.get("intermediates", {}))
+    if lb is None:
+        return sums
+    lb_sum = lb * sums["tokens"]
+    return {**sums, "loss": sums["loss"] + lb_weight * lb_sum, "moe_lb_loss": lb_sum}
 
 
 def _microbatches(batch, n: int):
@@ -31,9 +39,9 @@ def _microbatches(batch, n: int):
     return jax.tree.map(lambda x: x.reshape((x.shape[0] // n, n) + x.shape[1:]).swapaxes(0, 1), batch)
 
 
-def _grads_and_sums(model, params, batch, rng, z_loss, accumulation_steps):
+def _grads_and_sums(model, params, batch, rng, z_loss, accumulation_steps, lb_weight=0.0):
     def loss_and_sums(p, b, r):
-        sums = _sums(model, p, b, r, z_loss)
+        sums = _sums(model, p, b, r, z_loss, lb_weight)
         return sums["loss"], sums
 
     grad_fn = jax.grad(loss_and_sums, has_aux=True)
@@ -47,16 +55,22 @@ def _grads_and_sums(model, params, batch, rng, z_loss, accumulation_steps):
         return (jax.tree.map(jnp.add, g_acc, g), jax.tree.map(jnp.add, s_acc, s)), None
 
     zeros_g = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-    zeros_s = {k: jnp.zeros((), jnp.float32) for k in ("loss", "ce", "z_loss", "tokens")}
     xs = (_microbatches(batch, accumulation_steps), jnp.arange(accumulation_steps))
+    first = jax.tree.map(lambda x: x[0], xs[0])
+    zeros_s = jax.tree.map(
+        lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(grad_fn, params, first, rng)[1]
+    )
     (grads, sums), _ = jax.lax.scan(body, (zeros_g, zeros_s), xs)
     return grads, sums
 
 
-def train_step(model, tx, schedule, z_loss, accumulation_steps, seed, state: TrainState, batch):
-    """One optimizer step. Returns the new state and scalar metrics (loss is the mean over target tokens)."""
+def train_step(
+    model, tx, schedule, z_loss, accumulation_steps, seed, state: TrainState, batch, *, lb_weight: float = 0.0
+):
+    """One optimizer step. Returns the new state and scalar metrics (loss is the mean over target tokens,
+    including lb_weight x the MoE load-balance loss, which MoE models also report as moe_lb_loss)."""
     rng = jax.random.fold_in(jax.random.key(seed), state.step)
-    grads, sums = _grads_and_sums(model, state.params, batch, rng, z_loss, accumulation_steps)
+    grads, sums = _grads_and_sums(model, state.params, batch, rng, z_loss, accumulation_steps, lb_weight)
     tokens = jnp.maximum(sums["tokens"], 1.0)
     grads = jax.tree.map(lambda g, p: (g / tokens).astype(p.dtype), grads, state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -68,6 +82,8 @@ def train_step(model, tx, schedule, z_loss, accumulation_steps, seed, state: Tra
         "lr": schedule(state.step),
         "tokens": sums["tokens"],
     }
+    if "moe_lb_loss" in sums:
+        metrics["moe_lb_loss"] = sums["moe_lb_loss"] / tokens
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 

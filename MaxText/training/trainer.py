@@ -135,7 +135,7 @@ def compile_steps(s: Setup):
     cfg = s.cfg
     step_fn = functools.partial(
         train_step, s.model, s.tx, s.schedule, cfg.z_loss_multiplier, cfg.gradient_accumulation_steps,
-        cfg.init_weights_seed,
+        cfg.init_weights_seed, lb_weight=cfg.load_balance_loss_weight,
     )  # fmt: skip
     p_train = jax.jit(
         step_fn,
@@ -292,6 +292,7 @@ def _step_record(s: Setup, step: int, metrics: dict, seconds_per_step: float, to
         "tokens_per_s": total_tokens / seconds_per_step,
         "tflops_per_device": tflops,
         "mfu": tflops / s.peak_tflops,
+        **({"moe_lb_loss": float(metrics["moe_lb_loss"])} if "moe_lb_loss" in metrics else {}),
     }
 
 

@@ -1,0 +1,248 @@
+"""Mixtral and Qwen3-MoE against Hugging Face: float32 logits, greedy generation, decode == forward, the
+per-expert checkpoint layout round trip (and back into transformers), one training step with the
+load-balance loss in the loss and the metrics.
+
+Tiny models with their MoE features on: 8 experts, top-2, renormalised top-k (Mixtral always; Qwen3 with
+norm_topk_prob), Mixtral's sliding window shorter than the sequence, Qwen3's qk-norm. The Hugging Face
+tensors come from save_pretrained, i.e. the per-expert layout of published checkpoints (transformers fuses
+experts in memory only).
+"""
+
+import functools
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+# pylint: disable=wrong-import-position
+from safetensors.numpy import load_file, save_file
+
+from MaxText.config import load_config
+from MaxText.models import hf_mappings
+from MaxText.tests.conftest import BASE_YML, TINY
+from MaxText.tests.test_families import (
+    COMMON,
+    _cli,
+    _decode_matches_forward,
+    _forward,
+    _hf_logits,
+    _ids,
+    _load,
+    greedy_matches_hf,
+)
+from MaxText import input_pipeline
+from MaxText.parallel import mesh as mesh_lib
+from MaxText.training import train_step as train_step_lib
+from MaxText.training import trainer
+from MaxText.training.loss import moe_load_balance_loss
+from MaxText.training.metrics import step_line
+from MaxText.training.train_state import init_state, make_model
+
+MOE = dict(num_experts_per_tok=2, num_hidden_layers=2, tie_word_embeddings=False)
+# YaRN stretched 4x from 8 positions, so the sequence of 24 sees interpolated, ramped and kept frequencies.
+_YARN = dict(
+    rope_type="yarn",
+    rope_theta=1e4,
+    factor=4.0,
+    original_max_position_embeddings=8,
+    beta_fast=32,
+    beta_slow=1,
+)
+# MLA with V != P + O, 1 dense layer then 2 MoE layers, 8 experts in 4 groups (best 2), top-2, 1 shared.
+_DEEPSEEK = dict(
+    num_hidden_layers=3,
+    num_key_value_heads=4,
+    kv_lora_rank=32,
+    qk_nope_head_dim=16,
+    qk_rope_head_dim=8,
+    head_dim=8,  # transformers sizes the rotary tables by head_dim: the rope part
+    v_head_dim=12,
+    n_routed_experts=8,
+    n_shared_experts=1,
+    moe_intermediate_size=32,
+    first_k_dense_replace=1,
+    n_group=4,
+    topk_group=2,
+)
+HF_MODELS = {
+    "mixtral": (
+        "MixtralConfig",
+        "MixtralForCausalLM",
+        dict(
+            num_local_experts=8, sliding_window=6, rope_parameters={"rope_type": "default", "rope_theta": 1e4}
+        ),
+    ),
+    "qwen3_moe": (
+        "Qwen3MoeConfig",
+        "Qwen3MoeForCausalLM",
+        dict(
+            num_experts=8,
+            moe_intermediate_size=32,
+            norm_topk_prob=True,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e4},
+        ),
+    ),
+    "deepseek2": (
+        "DeepseekV2Config",
+        "DeepseekV2ForCausalLM",
+        dict(
+            **_DEEPSEEK,
+            q_lora_rank=None,
+            topk_method="group_limited_greedy",
+            routed_scaling_factor=2.0,
+            rope_parameters={**_YARN, "mscale": 0.707, "mscale_all_dim": 0.707},
+        ),
+    ),
+    "deepseek3": (
+        "DeepseekV3Config",
+        "DeepseekV3ForCausalLM",
+        dict(
+            **_DEEPSEEK,
+            q_lora_rank=24,
+            norm_topk_prob=True,
+            routed_scaling_factor=2.5,
+            rope_parameters={**_YARN, "mscale": 0.8, "mscale_all_dim": 1.0},
+        ),
+    ),
+}
+FAMILIES = list(HF_MODELS)
+
+
+@functools.lru_cache(maxsize=None)
+def hf_case(family: str, tmp_root: str = "/tmp/maxtext_test_moe_families"):
+    """(HF model, saved dir, its per-expert tensors, our ModelConfig, model, params, HF logits)."""
+    config_cls, model_cls, extra = HF_MODELS[family]
+    torch.manual_seed(0)
+    hf = getattr(transformers, model_cls)(
+        getattr(transformers, config_cls)(**{**COMMON, **MOE, **extra})
+    ).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if "norm" in name:
+                p.add_(0.2 * torch.randn_like(p))
+        for name, b in hf.named_buffers():
+            if name.endswith("e_score_correction_bias"):  # zeros at init; random values make it choose
+                b.copy_(0.3 * torch.randn_like(b))
+    path = os.path.join(tmp_root, family)
+    shutil.rmtree(path, ignore_errors=True)
+    hf.save_pretrained(path)
+    state = load_file(os.path.join(path, "model.safetensors"))
+    cfg = _load(hf_mappings.hf_config_to_keys(hf.config.to_dict()))
+    params = hf_mappings.hf_to_params(cfg.decoder_block, state, cfg)
+    return hf, path, state, cfg, make_model(cfg), params, _hf_logits(hf, _ids())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_logits_match_hf(family):
+    *_, cfg, model, params, want = hf_case(family)
+    assert cfg.num_experts == 8 and cfg.num_experts_per_tok == 2
+    moe_stack = params["decoder"]["layers" if "layers" in params["decoder"] else "moe_layers"]
+    assert moe_stack["mlp"]["wi_0"].shape == (8, 2, 64, cfg.moe_mlp_dim)  # [E, layers, D, F]
+    diff = float(np.abs(_forward(model, params, _ids()) - want).max())
+    print(f"\n{family}: max |logits - HF| = {diff:.3e}")
+    assert diff <= 1e-4
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_greedy_generation_matches_hf(family):
+    hf, *_, model, params, _ = hf_case(family)
+    greedy_matches_hf(hf, model, params, new=10)  # past Mixtral's window of 6 and YaRN's original 8
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_prefill_then_decode_equals_forward(family):
+    *_, cfg, model, params, _ = hf_case(family)
+    _decode_matches_forward(cfg, model, params)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_per_expert_round_trip_is_exact_and_loads_in_transformers(family, tmp_path):
+    hf, path, state, cfg, _, params, _ = hf_case(family)
+    back = hf_mappings.params_to_hf(family, params, cfg)
+    assert sorted(back) == sorted(state)
+    for name, x in state.items():
+        assert back[name].dtype == x.dtype
+        np.testing.assert_array_equal(back[name], x)
+    shutil.copy(os.path.join(path, "config.json"), tmp_path / "config.json")
+    save_file({k: np.ascontiguousarray(v) for k, v in back.items()}, str(tmp_path / "model.safetensors"))
+    reloaded = type(hf).from_pretrained(str(tmp_path)).state_dict()  # fused in memory again
+    for name, x in hf.state_dict().items():
+        np.testing.assert_array_equal(reloaded[name].numpy(), x.numpy(), err_msg=name)
+    name = next(n for n in state if ".experts.3." in n)
+    state = dict(state)  # the cached case's dict stays whole for the other tests
+    del state[name]
+    with pytest.raises(Exception, match=name.replace(".", r"\.")):
+        hf_mappings.hf_to_params(family, state, cfg)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_trains_with_the_load_balance_loss_logged(family):
+    keys = hf_mappings.hf_config_to_keys(hf_case(family)[0].config.to_dict())
+    cfg = load_config([BASE_YML, *TINY, "per_device_batch_size=2", "max_target_length=16", *_cli(keys)])
+    s = trainer.build(cfg, jax.devices()[:1])
+    p_train, _ = trainer.compile_steps(s)
+    batch = next(input_pipeline.make_train_iterator(trainer.data_config(cfg, s.global_batch)))
+    losses = []
+    with mesh_lib.activate(s.mesh, s.rules):
+        state = init_state(s.model, s.tx, cfg.init_weights_seed, s.shardings)
+        for _ in range(3):
+            state, metrics = p_train(state, trainer.to_device(s, batch))
+            losses.append(float(metrics["loss"]))
+    assert np.all(np.isfinite(losses)) and losses[-1] < losses[0], losses
+    assert 1.0 <= float(metrics["moe_lb_loss"]) < 2.0  # E x sum f P: 1 when balanced, a random router is near
+    record = trainer._step_record(s, 3, metrics, 1.0, 32.0)  # pylint: disable=protected-access
+    line = step_line(record, 3, 0.0)
+    assert "moe_lb " in line
+
+
+def test_loss_adds_the_weighted_load_balance_loss_over_real_tokens():
+    *_, model, params, _ = hf_case("mixtral")
+    ids = jnp.asarray(_ids(3, (2, 16)))
+    seg = jnp.ones_like(ids).at[1, 12:].set(0)  # trailing padding: no loss, no routing statistics
+
+    @jax.jit
+    def sums(p, ids):
+        batch = dict(
+            inputs=ids,
+            inputs_position=jnp.broadcast_to(jnp.arange(16), (2, 16)),
+            inputs_segmentation=seg,
+            targets=jnp.roll(ids, -1, axis=1),
+            targets_segmentation=seg,
+        )
+        return train_step_lib._sums(model, p, batch, jax.random.key(0), 0.0, 0.5)  # pylint: disable=W0212
+
+    s1 = sums(params, ids)
+    assert float(s1["tokens"]) == 28
+    np.testing.assert_allclose(float(s1["loss"] - s1["ce"]), 0.5 * float(s1["moe_lb_loss"]), rtol=1e-5)
+    assert 1.0 <= float(s1["moe_lb_loss"]) / 28 < 2.0
+    s2 = sums(params, ids.at[1, 12:].set(ids[1, 12:] + 1))  # other padding tokens route elsewhere
+    np.testing.assert_allclose(float(s2["moe_lb_loss"]), float(s1["moe_lb_loss"]), rtol=1e-6)
+
+
+def _lb_loss(model, params):
+    ids = jnp.asarray(_ids())
+    positions = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
+    _, variables = model.apply(
+        {"params": params}, ids, positions, jnp.ones_like(ids), "train", mutable=["intermediates"]
+    )
+    return float(moe_load_balance_loss(variables["intermediates"]))
+
+
+def test_unscanned_dense_and_moe_stacks_match_scanned():
+    _, _, state, cfg, model, params, want = hf_case("deepseek3")
+    cfg_u = cfg.replace(scan_layers=False)
+    model_u = make_model(cfg_u)
+    params_u = hf_mappings.hf_to_params("deepseek3", state, cfg_u)
+    assert {"dense_layers_0", "moe_layers_0", "moe_layers_1"} == set(params_u["decoder"]) - {
+        "decoder_norm",
+        "logits_dense",
+    }
+    np.testing.assert_allclose(_forward(model_u, params_u, _ids()), want, atol=1e-4)
+    np.testing.assert_allclose(_lb_loss(model_u, params_u), _lb_loss(model, params), rtol=1e-5)
