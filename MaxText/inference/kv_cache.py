@@ -6,6 +6,11 @@ layers (registry.Stack.sublayers, e.g. Gemma 2's ("local", "global")) has {subla
 B batch slots, S cache length, K kv heads, H head dim. Slot s of row b holds the key/value of the token at
 position s of that row; sliding-window layers keep every slot too and mask by position. The same layout
 serves scan_layers true and false.
+
+The paged cache has the same tree with each layer's {"k", "v"} a pool of pages [U, NP, PS, K, H] shared by
+all rows (NP pages of PS slots; kernels/paged.py documents the addressing). The model reads a row's pages
+through a page table [B, MP]; `with_page_table` puts it into every layer's dict for one call and
+`without_page_table` takes it out again, so the stored cache is just the pool.
 """
 
 import jax.numpy as jnp
@@ -17,10 +22,38 @@ from MaxText.models import registry
 
 def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=None) -> dict:
     """Zeroed cache for `batch` rows of `length` slots, in the model's activation dtype by default."""
+    return _zeros(cfg, (batch, length), dtype)
+
+
+def init_paged_cache(cfg: ModelConfig, num_pages: int, page_size: int, dtype=None) -> dict:
+    """Zeroed pool of `num_pages` pages of `page_size` slots per layer (page 0 is the null page)."""
+    return _zeros(cfg, (num_pages, page_size), dtype)
+
+
+def with_page_table(pool: dict, page_table) -> dict:
+    """The pool with page_table [B, MP] added to every layer's dict, broadcast over its unit axis U."""
+
+    def attach(layer):
+        if "k" not in layer:  # a unit of several layers
+            return {name: attach(sub) for name, sub in layer.items()}
+        units = layer["k"].shape[0]
+        return {**layer, "page_table": jnp.broadcast_to(page_table, (units,) + page_table.shape)}
+
+    return {name: attach(stack) for name, stack in pool.items()}
+
+
+def without_page_table(cache: dict) -> dict:
+    """The pool alone: every layer's page_table removed (the inverse of with_page_table)."""
+    if "k" in cache:
+        return {"k": cache["k"], "v": cache["v"]}
+    return {name: without_page_table(sub) for name, sub in cache.items()}
+
+
+def _zeros(cfg: ModelConfig, rows_slots: tuple, dtype) -> dict:
     dtype = dtype or dtype_of(cfg.dtype)
     cache = {}
     for stack in registry.stacks(cfg):
-        shape = (stack.length, batch, length, cfg.num_kv_heads, cfg.head_dim)
+        shape = (stack.length, *rows_slots, cfg.num_kv_heads, cfg.head_dim)
 
         def layer_cache(shape=shape):
             return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}

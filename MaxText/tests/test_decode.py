@@ -28,13 +28,14 @@ def _model(*overrides):
     return cfg, model, params
 
 
-def _ids():
-    return jax.random.randint(jax.random.key(7), (B, T), 0, 256, jnp.int32)
+def _ids(b=B, t=T):
+    return jax.random.randint(jax.random.key(7), (b, t), 0, 256, jnp.int32)
 
 
 def _full_logits(model, params, ids):
-    positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
-    logits, _ = model.apply({"params": params}, ids, positions, jnp.ones((B, T), jnp.int32), "train")
+    b, t = ids.shape
+    positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    logits, _ = model.apply({"params": params}, ids, positions, jnp.ones((b, t), jnp.int32), "train")
     return np.asarray(logits)
 
 
