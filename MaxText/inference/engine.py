@@ -96,7 +96,8 @@ class Prefix:
     sampling: SamplingParams
 
 
-def _keys(seeds, steps):
+def request_keys(seeds, steps):
+    """Row b's sampling key: its request's seed folded with its own step count (nothing of its neighbours)."""
     return jax.vmap(lambda s, i: jax.random.fold_in(jax.random.key(s), i))(seeds, steps)
 
 
@@ -129,7 +130,11 @@ class Engine:
         cache = init_cache(self.model.config, 1, ids.shape[1])
         logits, cache = prefill(self.model, params, ids, length[None], cache)
         token = sample_rows(
-            logits, _keys(seed[None], jnp.zeros((1,), jnp.int32)), temperature[None], top_k[None], top_p[None]
+            logits,
+            request_keys(seed[None], jnp.zeros((1,), jnp.int32)),
+            temperature[None],
+            top_k[None],
+            top_p[None],
         )
         return token[0], cache
 
@@ -167,7 +172,7 @@ class Engine:
         logits, cache = decode_step(self.model, params, state["tokens"], state["positions"], cache)
         if self.config.paged:
             cache = without_page_table(cache)
-        keys = _keys(state["seeds"], state["steps"])
+        keys = request_keys(state["seeds"], state["steps"])
         nxt = sample_rows(logits, keys, state["temperature"], state["top_k"], state["top_p"])
         active = state["active"]
         nxt = jnp.where(active, nxt, 0)

@@ -2,11 +2,14 @@
 tokens they get alone (greedy and sampled, contiguous and paged), greedy equals the full forward pass, stop
 conditions end requests, and streamed text never splits a character or shows a partial stop string."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from MaxText.inference.batcher import Batcher, Request
-from MaxText.inference.engine import Engine, EngineConfig, SamplingParams
+from MaxText.inference.engine import Engine, EngineConfig, SamplingParams, request_keys
+from MaxText.inference.sampling import sample_rows
 from MaxText.tests.test_decode import _model, greedy_reference
 
 PROMPTS = [[5, 6, 7], [9, 10, 11, 12, 13, 14, 15, 16, 17, 18], [3], [40, 41, 42, 43, 44], [7, 7, 7, 7]]
@@ -177,3 +180,22 @@ def test_streaming_never_splits_characters_or_shows_partial_stops():
     shown = [e.text for e in events]
     assert "".join(shown) == "héllo → " and events[-1].finish_reason == "stop"
     assert not any("".join(shown[: i + 1]).endswith("w") for i in range(len(shown)))
+
+
+def test_sample_rows_applies_each_rows_own_settings():
+    logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05]] * 4))
+    settings = [(0.0, 0, 1.0), (1.0, 2, 1.0), (1.0, 0, 0.7), (1.0, 0, 1.0)]  # greedy, top-2, top-p .7, all
+    temperature, top_k, top_p = (jnp.asarray(x) for x in zip(*settings))
+    seeds = jnp.arange(4, dtype=jnp.uint32)
+
+    def draw(step, rows=slice(None)):
+        keys = request_keys(seeds[rows], jnp.full((4,), step)[rows])
+        return sample_rows(logits[rows], keys, temperature[rows], top_k[rows], top_p[rows])
+
+    draws = np.asarray(jax.jit(jax.vmap(draw))(jnp.arange(3000)))
+    assert set(draws[:, 0]) == {0}
+    assert set(draws[:, 1]) == {0, 1} and set(draws[:, 2]) == {0, 1}
+    np.testing.assert_allclose(
+        np.bincount(draws[:, 3], minlength=4) / 3000, [0.5, 0.3, 0.15, 0.05], atol=0.03
+    )
+    assert int(draw(7, slice(1, 2))[0]) == int(draw(7)[1])  # a row's draw does not depend on its neighbours

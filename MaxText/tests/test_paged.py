@@ -11,6 +11,7 @@ from MaxText.inference.kv_cache import init_cache, init_paged_cache, with_page_t
 from MaxText.inference.page_manager import OutOfPages, PageManager
 from MaxText.kernels import AttentionSpec, dot_product_attention
 from MaxText.kernels.paged import gather_pages, paged_attention_reference, write_pages
+from MaxText.kernels.paged_pallas import paged_attention_pallas
 from MaxText.tests.test_decode import _full_logits, _ids, _model
 
 T, PS = 14, 4  # reference length, page size
@@ -119,7 +120,9 @@ def test_out_of_pages_refuses_admission_and_keeps_others_intact():
 
 
 @pytest.mark.parametrize("window,cap", [(0, 0.0), (5, 0.0), (0, 3.0)])
-def test_paged_attention_reference_matches_dot_product(window, cap):
+def test_paged_attention_kernels_match_dot_product(window, cap):
+    """The reference (gather + dot_product) and the Pallas kernel (interpret=True) against each row's own
+    visible slots."""
     rng = np.random.default_rng(0)
     b, n, kh, h = 3, 4, 2, 8
     spec = AttentionSpec(kernel="paged", scale=h**-0.5, sliding_window=window, soft_cap=cap)
@@ -142,3 +145,5 @@ def test_paged_attention_reference_matches_dot_product(window, cap):
             pos[row : row + 1], s, jnp.ones((1, 1), jnp.int32), jnp.ones_like(s), spec,
         )  # fmt: skip
         np.testing.assert_allclose(got[row], want[0], atol=1e-6)
+    pallas = paged_attention_pallas(q, pool["k"], pool["v"], table, pos, spec, interpret=True)
+    np.testing.assert_allclose(pallas, got, atol=1e-6)
