@@ -54,6 +54,7 @@ class DecodeSession:
         self.cfg, self.model, self.params, self.tokenizer = cfg, model, params, tokenizer
         self.mesh, self.rules = mesh, rules
         self.engine = Engine(model, params, engine_config(cfg))
+        self.params = self.engine.params  # the engine's (unscanned) copy; let the scanned one go
         self.batcher = Batcher(self.engine, tokenizer.eos_id, tokenizer.decode)
         self.compile_s = 0.0
 
