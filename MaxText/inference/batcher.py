@@ -141,6 +141,20 @@ class Batcher:
             self.state, _ = self.engine.generate(self.state)
             self.state = self.engine.release(self.state, 0)
 
+    def fail_all(self, reason: str = "error") -> None:
+        """Ends every running and waiting request with finish_reason `reason` (after an engine failure),
+        so no client waits forever; the batcher starts over from a fresh state."""
+        with self._lock:
+            waiting, self._waiting = list(self._waiting), collections.deque()
+        live = [s for s in self.slots if s is not None] + waiting
+        self.slots = [None] * len(self.slots)
+        if self.engine.pages is not None:
+            for slot in range(len(self.slots)):
+                self.engine.pages.release(slot)
+        self.state = self.engine.init_state()
+        for item in live:
+            item.request.on_event(Event(None, "", reason))
+
     def run_until_idle(self) -> None:
         while not self.idle():
             self.step()

@@ -13,6 +13,7 @@ import asyncio
 import json
 import threading
 import time
+import traceback
 import uuid
 from typing import List, Optional, Union
 
@@ -121,7 +122,12 @@ class Service:
                         self._wake.wait(timeout=0.5)
                     if self._stop:
                         return
-                self.batcher.step()
+                try:
+                    self.batcher.step()
+                except Exception:  # pylint: disable=broad-exception-caught
+                    # Keep serving: the requests in flight end with finish_reason "error", the next start clean.
+                    traceback.print_exc()
+                    self.batcher.fail_all("error")
 
     def submit(self, prompt_ids, body: "_Common", max_tokens: int, sampling: SamplingParams):
         """Queues a request; returns (Request, asyncio.Queue of events)."""

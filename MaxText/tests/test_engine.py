@@ -131,6 +131,7 @@ class _ScriptedEngine:
     def __init__(self, script):
         self.config = EngineConfig(slots=1, max_length=64, buckets=(8,))
         self.script = list(script)
+        self.pages = None
 
     def init_state(self):
         return None
@@ -180,6 +181,17 @@ def test_streaming_never_splits_characters_or_shows_partial_stops():
     shown = [e.text for e in events]
     assert "".join(shown) == "héllo → " and events[-1].finish_reason == "stop"
     assert not any("".join(shown[: i + 1]).endswith("w") for i in range(len(shown)))
+
+
+def test_engine_failure_ends_requests_with_error():
+    events = []
+    batcher = Batcher(_ScriptedEngine([5, 6]), eos_id=-1)  # the script runs out at the second step
+    batcher.submit(Request([1], 5, on_event=events.append))
+    batcher.submit(Request([1], 5, on_event=events.append))
+    with pytest.raises(IndexError):
+        batcher.run_until_idle()
+    batcher.fail_all()
+    assert [e.finish_reason for e in events] == [None, None, "error", "error"] and batcher.idle()
 
 
 def test_sample_rows_applies_each_rows_own_settings():
