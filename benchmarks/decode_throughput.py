@@ -126,7 +126,7 @@ def measure_hf(model_cfg, params, args, batch: int) -> dict:
     )  # fmt: skip
     hf = transformers.LlamaForCausalLM(hf_cfg).eval()
     state = {
-        k: torch.from_numpy(np.ascontiguousarray(v))
+        k: torch.from_numpy(np.array(v))  # a writable copy: torch warns on read-only arrays
         for k, v in params_to_hf("llama2", params, model_cfg).items()
     }
     missing, unexpected = hf.load_state_dict(state, strict=False)
@@ -161,6 +161,7 @@ def run_all(args, cfg) -> dict:
     from MaxText.config import model_config
     from MaxText.training.train_state import init_params_boxed, make_model
 
+    load_before = os.getloadavg()
     model_cfg = model_config(cfg)
     model = make_model(model_cfg)
     params = nn.unbox(init_params_boxed(model, jax.random.key(0)))
@@ -184,6 +185,9 @@ def run_all(args, cfg) -> dict:
         "device": jax.devices()[0].device_kind,
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
+        # The machine's 1-minute load average before and after: the numbers mean little when it exceeds
+        # the CPU count (other jobs took the cores).
+        "load_average": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "jax": jax.__version__,
         "maxtext": rows,
         "huggingface": hf_rows,
