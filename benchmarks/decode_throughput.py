@@ -154,6 +154,7 @@ def measure_hf(model_cfg, params, args, batch: int) -> dict:
 
 
 def run_all(args, cfg) -> dict:
+    """Random-initialised model of cfg; every engine row, then Hugging Face; returns the JSON record."""
     # pylint: disable=import-outside-toplevel
     import flax.linen as nn
     import jax
@@ -196,6 +197,7 @@ def run_all(args, cfg) -> dict:
 
 
 def summary(r: dict) -> str:
+    """The record as a table (one row per implementation and batch size)."""
     lines = [f"decode: prompt {r['prompt_tokens']}, {r['new_tokens']} new tokens, device {r['device']}"]
     lines.append(
         f"{'impl':<22}{'B':>4}{'prefill ms':>12}{'TTFT ms':>10}{'decode tok/s':>14}{'e2e tok/s':>11}{'vs HF':>7}"
@@ -215,6 +217,7 @@ def summary(r: dict) -> str:
 
 
 def main(argv) -> int:
+    """Parses, measures, prints the table and writes the JSON record."""
     args = parse_args(argv)
     set_environment("")
     sys.path.insert(0, REPO_ROOT)
