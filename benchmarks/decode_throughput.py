@@ -59,6 +59,10 @@ def _prompts(batch, length, vocab, seed=0):
     return [rng.integers(3, vocab, size=length).tolist() for _ in range(batch)]
 
 
+def _collector(tokens: list):
+    return lambda event: tokens.append(event.token)
+
+
 def measure_engine(model, params, args, batch: int, paged: bool) -> dict:
     """Times one Engine configuration (see the module docstring)."""
     # pylint: disable=import-outside-toplevel
@@ -80,10 +84,8 @@ def measure_engine(model, params, args, batch: int, paged: bool) -> dict:
         int(engine.prefill(prompts[0], args.new).first_token)
         prefill_ms.append((time.perf_counter() - t0) * 1e3)
         out = [[] for _ in prompts]
-        for i, p in enumerate(prompts):
-            batcher.submit(
-                Request(p, args.new, ignore_eos=True, on_event=lambda e, i=i: out[i].append(e.token))
-            )
+        for p, tokens_of in zip(prompts, out):
+            batcher.submit(Request(p, args.new, ignore_eos=True, on_event=_collector(tokens_of)))
         start = time.perf_counter()
         batcher.step()  # admits (prefills) all B requests, then one decode step
         ttft_ms.append(statistics.mean(list(batcher.first_token_s)[-batch:]) * 1e3)
@@ -116,7 +118,7 @@ def measure_hf(model_cfg, params, args, batch: int) -> dict:
 
     from MaxText.models.hf_mappings import params_to_hf
 
-    hf_cfg = transformers.LlamaConfig(
+    keys = dict(
         vocab_size=model_cfg.vocab_size, hidden_size=model_cfg.emb_dim, intermediate_size=model_cfg.mlp_dim,
         num_hidden_layers=model_cfg.num_decoder_layers, num_attention_heads=model_cfg.num_query_heads,
         num_key_value_heads=model_cfg.num_kv_heads, head_dim=model_cfg.head_dim,
@@ -124,6 +126,8 @@ def measure_hf(model_cfg, params, args, batch: int) -> dict:
         max_position_embeddings=args.prompt + args.new,
         rope_parameters={"rope_type": "default", "rope_theta": model_cfg.rope_max_timescale},
     )  # fmt: skip
+    # transformers' config classes take these through **kwargs, which pylint misreads as unexpected.
+    hf_cfg = transformers.LlamaConfig(**keys)  # pylint: disable=unexpected-keyword-arg
     hf = transformers.LlamaForCausalLM(hf_cfg).eval()
     state = {
         k: torch.from_numpy(np.array(v))  # a writable copy: torch warns on read-only arrays
