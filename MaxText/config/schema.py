@@ -219,6 +219,17 @@ class Config:  # pylint: disable=too-many-instance-attributes
     rope_yarn_mscale: float = _f(ge=0)
     rope_yarn_mscale_all_dim: float = _f(ge=0)
 
+    # Serving.
+    decode_batch_size: int = _f(gt=0)
+    kv_cache: str = _f(choices=["contiguous", "paged"])
+    kv_page_size: int = _f(gt=0)
+    kv_num_pages: int = _f(ge=0)
+    serve_host: str = _f()
+    port: int = _f(ge=0, le=65535)
+    api_key: str = _f()
+    max_queue_size: int = _f(gt=0)
+    chat_template: str = _f()
+
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)
 

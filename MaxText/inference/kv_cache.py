@@ -7,17 +7,57 @@ B batch slots, S cache length, K kv heads, H head dim. Slot s of row b holds the
 position s of that row; sliding-window layers keep every slot too and mask by position. The same layout
 serves scan_layers true and false. Blocks with another cache declare it with `cache_shapes(cfg)` (MLA:
 {"latent": [U, B, S, R], "k_rope": [U, B, S, O]}, see layers/mla.py).
+
+The paged cache has the same tree with each layer's {"k", "v"} a pool of pages [U, NP, PS, K, H] shared by
+all rows (NP pages of PS slots; kernels/paged.py documents the addressing). The model reads a row's pages
+through a page table [B, MP]; `with_page_table` puts it into every layer's dict for one call and
+`without_page_table` takes it out again, so the stored cache is just the pool. Only K/V caches page.
 """
 
 import jax.numpy as jnp
 
 from MaxText.config.derived import ModelConfig
+from MaxText.config.errors import ConfigError
 from MaxText.layers.common import dtype_of
 from MaxText.models import registry
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=None) -> dict:
     """Zeroed cache for `batch` rows of `length` slots, in the model's activation dtype by default."""
+    return _zeros(cfg, (batch, length), dtype)
+
+
+def init_paged_cache(cfg: ModelConfig, num_pages: int, page_size: int, dtype=None) -> dict:
+    """Zeroed pool of `num_pages` pages of `page_size` slots per layer (page 0 is the null page)."""
+    latent = [s.name for s in registry.stacks(cfg) if getattr(s.block, "cache_shapes", None)]
+    if latent:
+        raise ConfigError(
+            f"kv_cache='paged': decoder_block={cfg.decoder_block!r} keeps a latent (not K/V) cache in "
+            f"{', '.join(latent)}, which has no paged kernel; expected kv_cache=contiguous"
+        )
+    return _zeros(cfg, (num_pages, page_size), dtype)
+
+
+def with_page_table(pool: dict, page_table) -> dict:
+    """The pool with page_table [B, MP] added to every layer's dict, broadcast over its unit axis U."""
+
+    def attach(layer):
+        if "k" not in layer:  # a unit of several layers
+            return {name: attach(sub) for name, sub in layer.items()}
+        units = layer["k"].shape[0]
+        return {**layer, "page_table": jnp.broadcast_to(page_table, (units,) + page_table.shape)}
+
+    return {name: attach(stack) for name, stack in pool.items()}
+
+
+def without_page_table(cache: dict) -> dict:
+    """The pool alone: every layer's page_table removed (the inverse of with_page_table)."""
+    if "k" in cache:
+        return {"k": cache["k"], "v": cache["v"]}
+    return {name: without_page_table(sub) for name, sub in cache.items()}
+
+
+def _zeros(cfg: ModelConfig, rows_slots: tuple, dtype) -> dict:
     dtype = dtype or dtype_of(cfg.dtype)
     cache = {}
     for stack in registry.stacks(cfg):
@@ -26,7 +66,7 @@ def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=None) -> dict:
         kv = (cfg.num_kv_heads, cfg.head_dim)
         per_token = declared(cfg) if declared else {"k": kv, "v": kv}
 
-        def layer_cache(per_token=per_token, prefix=(stack.length, batch, length)):
+        def layer_cache(per_token=per_token, prefix=(stack.length, *rows_slots)):
             return {name: jnp.zeros(prefix + shape, dtype) for name, shape in per_token.items()}
 
         if stack.sublayers:

@@ -57,3 +57,31 @@ def sample(logits, rng, cfg: SamplingConfig):
     if cfg.top_p < 1.0:
         logits = _top_p_mask(logits, cfg.top_p)
     return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+def sample_rows(logits, keys, temperature, top_k, top_p):
+    """Per-row sampling for a batch of independent requests.
+
+    logits [B, V]; keys [B] PRNG keys; temperature [B] float (0 = greedy); top_k [B] int (0 = off);
+    top_p [B] float (1 = off) -> token ids [B] int32. Row b's token depends only on row b's inputs, so a
+    request samples the same tokens whatever its neighbours do. The sort is skipped when every row is greedy.
+    """
+    logits = logits.astype(jnp.float32)
+    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+    def stochastic():
+        scaled = logits / jnp.where(temperature > 0, temperature, 1.0)[:, None]
+        ordered = -jnp.sort(-scaled, axis=-1)  # descending
+        vocab = logits.shape[-1]
+        kth = jnp.take_along_axis(ordered, (jnp.clip(top_k, 1, vocab) - 1)[:, None], axis=-1)
+        ordered = jnp.where((top_k[:, None] > 0) & (ordered < kth), -jnp.inf, ordered)
+        probs = jax.nn.softmax(ordered, axis=-1)
+        before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly before each token
+        keep = (ordered > -jnp.inf) & ((before < top_p[:, None]) | (top_p[:, None] >= 1.0))
+        # The least likely token kept (top-k and top-p together); ties with it are kept too.
+        threshold = jnp.min(jnp.where(keep, ordered, jnp.inf), axis=-1, keepdims=True)
+        filtered = jnp.where(scaled < threshold, -jnp.inf, scaled)
+        drawn = jax.vmap(jax.random.categorical)(keys, filtered).astype(jnp.int32)
+        return jnp.where(temperature > 0, drawn, greedy)
+
+    return jax.lax.cond(jnp.all(temperature <= 0), lambda: greedy, stochastic)

@@ -1,34 +1,41 @@
-"""A loaded model ready to generate text: checkpoint params, tokenizer and a Generator on a mesh."""
+"""A loaded model ready to generate text: checkpoint params, tokenizer and the serving engine on a mesh."""
+
+import time
 
 import flax.linen as nn
 import jax
 
 from MaxText import input_pipeline
 from MaxText.config import Config, model_config
-from MaxText.inference.generate import DecodeSettings, Generator
-from MaxText.inference.sampling import SamplingConfig
+from MaxText.inference.batcher import Batcher, Request
+from MaxText.inference.engine import Engine, EngineConfig, SamplingParams, default_buckets
 from MaxText.parallel import mesh as mesh_lib
 from MaxText.training import checkpointing
 from MaxText.training.train_state import init_params_boxed, make_model
 
 
-def sampling_config(cfg: Config) -> SamplingConfig:
-    return SamplingConfig(
-        strategy=cfg.decode_sampling_strategy,
+def sampling_params(cfg: Config, seed_offset: int = 0) -> SamplingParams:
+    """The config's decode_sampling_* keys as per-request sampling (greedy = temperature 0)."""
+    if cfg.decode_sampling_strategy == "greedy":
+        return SamplingParams(seed=cfg.decode_sampling_seed + seed_offset)
+    return SamplingParams(
         temperature=cfg.decode_sampling_temperature,
         top_k=cfg.decode_sampling_top_k,
         top_p=cfg.decode_sampling_nucleus_p,
+        seed=cfg.decode_sampling_seed + seed_offset,
     )
 
 
-def decode_settings(cfg: Config, tokenizer) -> DecodeSettings:
-    max_new = max(1, min(cfg.max_decode_steps, cfg.max_target_length - cfg.max_prefill_predict_length))
-    return DecodeSettings(
-        prefill_length=cfg.max_prefill_predict_length,
-        max_new=max_new,
-        eos_id=tokenizer.eos_id,
-        pad_id=tokenizer.pad_id,
-        sampling=sampling_config(cfg),
+def engine_config(cfg: Config) -> EngineConfig:
+    """Slots, context length, prefill buckets and cache layout from the config."""
+    longest_prompt = max(1, min(cfg.max_prefill_predict_length, cfg.max_target_length - 1))
+    return EngineConfig(
+        slots=cfg.decode_batch_size,
+        max_length=cfg.max_target_length,
+        buckets=default_buckets(longest_prompt),
+        paged=cfg.kv_cache == "paged",
+        page_size=cfg.kv_page_size,
+        num_pages=cfg.kv_num_pages,
     )
 
 
@@ -41,12 +48,15 @@ def abstract_params(cfg: Config, mesh, rules):
 
 
 class DecodeSession:
-    """Holds model, params, tokenizer and generator. Build with from_checkpoint or from parts."""
+    """Holds model, params, tokenizer, engine and batcher. Build with from_checkpoint or from parts."""
 
     def __init__(self, cfg: Config, model, params, tokenizer, mesh, rules):
         self.cfg, self.model, self.params, self.tokenizer = cfg, model, params, tokenizer
         self.mesh, self.rules = mesh, rules
-        self.generator = Generator(model, params, decode_settings(cfg, tokenizer))
+        self.engine = Engine(model, params, engine_config(cfg))
+        self.params = self.engine.params  # the engine's (unscanned) copy; let the scanned one go
+        self.batcher = Batcher(self.engine, tokenizer.eos_id, tokenizer.decode)
+        self.compile_s = 0.0
 
     @classmethod
     def from_checkpoint(cls, cfg: Config, path: str) -> "DecodeSession":
@@ -59,12 +69,50 @@ class DecodeSession:
         ids = self.tokenizer.encode(text)
         return ([self.tokenizer.bos_id] if self.cfg.add_bos else []) + ids
 
-    def generate_text(self, prompts) -> dict:
-        """prompts: list of str. Returns Generator.generate's dict plus "texts" (decoded continuations)."""
+    def max_tokens_for(self, prompt_len: int) -> int:
+        return max(1, min(self.cfg.max_decode_steps, self.cfg.max_target_length - prompt_len))
+
+    def warmup(self) -> float:
+        """Compiles every prefill bucket and the decode step; returns (and accumulates) the seconds spent."""
+        t0 = time.perf_counter()
         with mesh_lib.activate(self.mesh, self.rules):
-            result = self.generator.generate(
-                [self.encode_prompt(p) for p in prompts], self.cfg.decode_sampling_seed
+            self.batcher.warmup()
+        self.compile_s += time.perf_counter() - t0
+        return self.compile_s
+
+    def generate_text(self, prompts) -> dict:
+        """prompts: list of str, all submitted at once to the engine. Returns per-prompt "tokens" and
+        "texts" (continuations), mean "time_to_first_token_s", "decode_tokens_per_s" after each request's
+        first token, "generated_tokens" and "compile_s" (warm-up, excluded from the timings)."""
+        self.warmup()
+        tokens = [[] for _ in prompts]
+        ttft = [0.0] * len(prompts)
+        t0 = time.perf_counter()
+
+        def collect(i):
+            def on_event(event):
+                if not tokens[i] and event.token is not None:
+                    ttft[i] = time.perf_counter() - t0
+                if event.token is not None:
+                    tokens[i].append(event.token)
+
+            return on_event
+
+        for i, prompt in enumerate(prompts):
+            ids = self.encode_prompt(prompt)
+            self.batcher.submit(
+                Request(ids, self.max_tokens_for(len(ids)), sampling_params(self.cfg, i), on_event=collect(i))
             )
-        result["texts"] = [self.tokenizer.decode(t) for t in result["tokens"]]
-        result["compile_s"] = self.generator.compile_s
-        return result
+        with mesh_lib.activate(self.mesh, self.rules):
+            self.batcher.run_until_idle()
+        elapsed = time.perf_counter() - t0
+        generated = sum(len(t) for t in tokens)
+        after_first = elapsed - min(ttft)
+        return {
+            "tokens": tokens,
+            "texts": [self.tokenizer.decode(t) for t in tokens],
+            "time_to_first_token_s": sum(ttft) / len(ttft),
+            "generated_tokens": generated,
+            "decode_tokens_per_s": max(generated - len(prompts), 0) / max(after_first, 1e-9),
+            "compile_s": self.compile_s,
+        }

@@ -9,6 +9,8 @@ Modes (an argument, never stored state):
 - "autoregressive": write the T new tokens' K/V at slots = positions, then attend over the whole cache;
                     slot j is visible to a query at position p when j <= p (and p - j < W with a window).
 The cache for one layer is {"k": [B, S, K, H], "v": [B, S, K, H]}; it is returned, never mutated in place.
+A paged cache (inference/kv_cache.py) is {"k": [NP, PS, K, H], "v": ..., "page_table": [B, MP]} instead:
+the same modes write through the row's page table and decode reads through it (kernels/paged.py).
 """
 
 from typing import Optional
@@ -19,6 +21,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from MaxText import kernels
+from MaxText.kernels import paged
 from MaxText.layers.common import constrain
 from MaxText.layers.embeddings import RopeConfig, apply_rope
 from MaxText.layers.linears import DenseGeneral
@@ -28,7 +31,11 @@ MODES = ("train", "prefill", "autoregressive")
 
 
 def write_cache(cache: dict, k, v, positions) -> dict:
-    """Scatters k/v [B, T, K, H] into cache slots `positions` [B, T] of each row."""
+    """Scatters k/v [B, T, K, H] into cache slots `positions` [B, T] of each row (through its pages when
+    the cache is paged)."""
+    if "page_table" in cache:
+        table = cache["page_table"]
+        return {**paged.write_pages(cache, k, v, positions, table), "page_table": table}
     rows = jnp.arange(k.shape[0])[:, None]
     return {
         "k": cache["k"].at[rows, positions].set(k.astype(cache["k"].dtype)),
@@ -113,6 +120,11 @@ class Attention(nn.Module):
             new_cache = write_cache(cache, k, v, positions)
             out = kernels.attention(
                 q, k, v, positions, positions, segment_ids, segment_ids, self._spec(self.kernel)
+            )
+        elif "page_table" in cache:
+            new_cache = write_cache(cache, k, v, positions)
+            out = paged.paged_attention_reference(
+                q, new_cache["k"], new_cache["v"], new_cache["page_table"], positions, self._spec("paged")
             )
         else:
             new_cache = write_cache(cache, k, v, positions)

@@ -28,13 +28,14 @@ def _model(*overrides):
     return cfg, model, params
 
 
-def _ids():
-    return jax.random.randint(jax.random.key(7), (B, T), 0, 256, jnp.int32)
+def _ids(b=B, t=T):
+    return jax.random.randint(jax.random.key(7), (b, t), 0, 256, jnp.int32)
 
 
 def _full_logits(model, params, ids):
-    positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
-    logits, _ = model.apply({"params": params}, ids, positions, jnp.ones((B, T), jnp.int32), "train")
+    b, t = ids.shape
+    positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    logits, _ = model.apply({"params": params}, ids, positions, jnp.ones((b, t), jnp.int32), "train")
     return np.asarray(logits)
 
 
@@ -68,6 +69,18 @@ def test_prefill_then_decode_equals_forward(overrides):
         positions = positions + 1
 
 
+def greedy_reference(model, params, prompt, new_tokens):
+    """Greedy continuation by re-running the full forward pass on the growing sequence."""
+    seq = list(prompt)
+    for _ in range(new_tokens):
+        n = len(seq)
+        logits, _ = model.apply(
+            {"params": params}, jnp.asarray([seq]), jnp.arange(n)[None], jnp.ones((1, n), jnp.int32), "train"
+        )
+        seq.append(int(jnp.argmax(logits[0, -1])))
+    return seq[len(prompt) :]
+
+
 def test_greedy_generation_equals_repeated_forward():
     cfg, model, params = _model("base_num_decoder_layers=1")
     settings = DecodeSettings(
@@ -77,18 +90,7 @@ def test_greedy_generation_equals_repeated_forward():
     got = Generator(model, params, settings).generate(prompts)["tokens"]
     del cfg
     for prompt, tokens in zip(prompts, got):
-        seq = list(prompt)
-        for _ in range(5):
-            n = len(seq)
-            logits, _ = model.apply(
-                {"params": params},
-                jnp.asarray([seq]),
-                jnp.arange(n)[None],
-                jnp.ones((1, n), jnp.int32),
-                "train",
-            )
-            seq.append(int(jnp.argmax(logits[0, -1])))
-        assert tokens == seq[len(prompt) :]
+        assert tokens == greedy_reference(model, params, prompt, 5)
 
 
 def test_generation_stops_at_eos_and_rejects_long_prompts():

@@ -1,0 +1,226 @@
+"""Continuous batching over an Engine: a request queue, slot assignment, stop conditions and streaming text.
+
+`Batcher.step()` admits waiting requests into free slots (while the page pool has room: back-pressure, not
+failure), runs one decode step for all active slots, and hands each request its new token and text delta
+through its `on_event` callback. Requests stop at EOS, at max_tokens or at a stop string, and free their slot
+and pages at once. `submit` and `cancel` may be called from other threads; `step` runs on one thread.
+
+Text deltas never split a multi-byte character (a decoded suffix ending in U+FFFD waits for its remaining
+bytes) and never show a partial stop string (text that could still become a stop string is held back).
+"""
+
+import collections
+import dataclasses
+import itertools
+import threading
+import time
+from typing import Callable, Optional
+
+from MaxText.inference.engine import Engine, SamplingParams
+
+REPLACEMENT = "\ufffd"
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """One update for a request: a new token (None when it finished without one), the text it adds."""
+
+    token: Optional[int]
+    text: str
+    finish_reason: Optional[str] = None  # "stop" (EOS or stop string) or "length" (max_tokens)
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclasses.dataclass
+class Request:
+    """A generation request; on_event is called (from the batcher's thread) with each Event."""
+
+    prompt: list
+    max_tokens: int
+    sampling: SamplingParams = SamplingParams()
+    stop: tuple = ()
+    ignore_eos: bool = False
+    on_event: Callable = lambda event: None
+    request_id: int = dataclasses.field(default_factory=itertools.count().__next__)
+
+
+@dataclasses.dataclass
+class _Live:
+    request: Request
+    submitted: float
+    ids: list = dataclasses.field(default_factory=list)
+    emitted: int = 0  # characters of text already sent
+
+
+def _held_back(text: str, stops) -> int:
+    """Characters at the end of text that must wait: an incomplete character, or a possible stop prefix."""
+    whole = text.rstrip(REPLACEMENT)
+    partial = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(whole)), 0, -1):
+            if whole.endswith(stop[:n]):
+                partial = max(partial, n)
+                break
+    return len(text) - len(whole) + partial
+
+
+class Batcher:
+    """Drives an Engine with continuous batching. decode(ids) -> str enables text and stop strings."""
+
+    def __init__(self, engine: Engine, eos_id: int, decode: Optional[Callable] = None):
+        self.engine, self.eos_id, self.decode = engine, eos_id, decode
+        self.state = engine.init_state()
+        self.slots = [None] * engine.config.slots
+        self._waiting = collections.deque()
+        self._cancelled = set()
+        self._lock = threading.Lock()
+        self.generated_tokens = 0
+        self.first_token_s = collections.deque(maxlen=1000)  # time to first token of recent requests
+        self.recent_tokens = collections.deque()  # (time, tokens) of recent steps, for tokens/s
+
+    # ---- thread-safe ----
+
+    def submit(self, request: Request) -> Request:
+        """Queues a request (ValueError at once if it can never fit the engine's shapes)."""
+        self.engine.check_request(len(request.prompt), request.max_tokens)
+        with self._lock:
+            self._waiting.append(_Live(request, time.perf_counter()))
+        return request
+
+    def cancel(self, request: Request) -> None:
+        """Drops a queued request or frees a running one's slot at the next step (client went away)."""
+        with self._lock:
+            self._cancelled.add(request.request_id)
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def active(self) -> int:
+        return sum(s is not None for s in self.slots)
+
+    def idle(self) -> bool:
+        return not self._waiting and not self.active
+
+    def tokens_per_s(self, window: float = 10.0) -> float:
+        now = time.perf_counter()
+        while self.recent_tokens and self.recent_tokens[0][0] < now - window:
+            self.recent_tokens.popleft()
+        return sum(n for _, n in self.recent_tokens) / window
+
+    # ---- the batcher thread ----
+
+    def step(self) -> None:
+        """Admits what fits, then one decode step for every active slot."""
+        self._drop_cancelled()
+        self._admit()
+        if not self.active:
+            return
+        self.state, tokens = self.engine.generate(self.state)
+        n = 0
+        for slot, live in enumerate(self.slots):
+            if live is not None:
+                n += 1
+                self._accept(slot, live, int(tokens[slot]))
+        self.generated_tokens += n
+        self.recent_tokens.append((time.perf_counter(), n))
+
+    def warmup(self) -> None:
+        """Compiles prefill and insert for every bucket, the decode step and release, on an idle batcher
+        (slot 0 is used and released again; its cache row is left with garbage nobody reads)."""
+        assert self.idle(), "warm up before serving requests"
+        cfg = self.engine.config
+        for bucket in sorted(cfg.buckets):
+            length = min(bucket, cfg.max_length - 1)
+            prefix = self.engine.prefill([0] * length, 1)
+            self.state = self.engine.insert(prefix, self.state, 0)
+            self.state, _ = self.engine.generate(self.state)
+            self.state = self.engine.release(self.state, 0)
+
+    def fail_all(self, reason: str = "error") -> None:
+        """Ends every running and waiting request with finish_reason `reason` (after an engine failure),
+        so no client waits forever; the batcher starts over from a fresh state."""
+        with self._lock:
+            waiting, self._waiting = list(self._waiting), collections.deque()
+        live = [s for s in self.slots if s is not None] + waiting
+        self.slots = [None] * len(self.slots)
+        if self.engine.pages is not None:
+            for slot in range(len(self.slots)):
+                self.engine.pages.release(slot)
+        self.state = self.engine.init_state()
+        for item in live:
+            item.request.on_event(Event(None, "", reason))
+
+    def run_until_idle(self) -> None:
+        while not self.idle():
+            self.step()
+
+    def _drop_cancelled(self):
+        with self._lock:
+            cancelled, self._cancelled = self._cancelled, set()
+            self._waiting = collections.deque(
+                w for w in self._waiting if w.request.request_id not in cancelled
+            )
+        for slot, live in enumerate(self.slots):
+            if live is not None and live.request.request_id in cancelled:
+                self._free(slot)
+
+    def _admit(self):
+        for slot, occupant in enumerate(self.slots):
+            if occupant is not None:
+                continue
+            with self._lock:
+                if not self._waiting:
+                    return
+                live = self._waiting[0]
+                req = live.request
+                if not self.engine.can_insert(len(req.prompt), req.max_tokens):
+                    return  # back-pressure: wait for running requests to release pages (FIFO order)
+                self._waiting.popleft()
+            prefix = self.engine.prefill(req.prompt, req.max_tokens, req.sampling)
+            self.state = self.engine.insert(prefix, self.state, slot)
+            self.slots[slot] = live
+            first = int(prefix.first_token)
+            self.first_token_s.append(time.perf_counter() - live.submitted)
+            self.generated_tokens += 1
+            self._accept(slot, live, first)
+
+    def _free(self, slot):
+        self.state = self.engine.release(self.state, slot)
+        self.slots[slot] = None
+
+    def _accept(self, slot: int, live: _Live, token: int) -> None:
+        req = live.request
+        if token == self.eos_id and not req.ignore_eos:
+            self._finish(slot, live, Event(None, self._flush(live), "stop"))
+            return
+        live.ids.append(token)
+        reason = "length" if len(live.ids) >= req.max_tokens else None
+        text = ""
+        if self.decode is not None:
+            full = self.decode(live.ids)
+            hits = [full.find(s, max(0, live.emitted - len(s))) for s in req.stop]
+            hits = [h for h in hits if h >= 0]
+            if hits:
+                full, reason = full[: min(hits)], "stop"
+            end = len(full) if reason else len(full) - _held_back(full, req.stop)
+            text, live.emitted = full[live.emitted : end], max(live.emitted, end)
+        event = Event(token, text, reason)
+        if reason:
+            self._finish(slot, live, event)
+        else:
+            req.on_event(event)
+
+    def _flush(self, live: _Live) -> str:
+        """The text still held back when a request ends."""
+        if self.decode is None:
+            return ""
+        return self.decode(live.ids)[live.emitted :]
+
+    def _finish(self, slot, live, event):
+        self._free(slot)
+        live.request.on_event(event)

@@ -1,0 +1,275 @@
+"""The serving engine: prefill(request) -> prefix, insert(prefix, state, slot), generate(state) -> tokens.
+
+Axis legend: B decode slots (the fixed decode batch), P prefill bucket, S cache slots per request
+(max_length), MP pages per request, U scanned units, K kv heads, H head dim.
+
+Continuous batching: the decode state holds B slots; a request is prefilled alone (batch 1, prompt padded to
+the smallest bucket that fits), inserted into a free slot, and decoded with whichever requests occupy the
+other slots; a finished request frees its slot (and its pages) for the next one. Shapes never change (B, the
+buckets, S are fixed), every row's computation reads only its own cache row or pages, and each request
+samples with its own seed folded with its own step count, so a request's tokens never depend on its
+neighbours. The cache is contiguous ([U, B, S, K, H]) or paged (a pool of pages; see page_manager.py).
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from MaxText.inference.generate import decode_step, prefill
+from MaxText.inference.kv_cache import init_cache, init_paged_cache, with_page_table, without_page_table
+from MaxText.inference.page_manager import PageManager
+from MaxText.inference.sampling import sample_rows
+from MaxText.kernels.paged import NULL_PAGE, write_pages
+from MaxText.layers.decoder import unstack_layers
+from MaxText.training.train_state import make_model
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineConfig:
+    """Static engine shapes. num_pages 0 = enough pages for every slot at max_length (plus the null page)."""
+
+    slots: int
+    max_length: int
+    buckets: tuple
+    paged: bool = False
+    page_size: int = 16
+    num_pages: int = 0
+
+    @property
+    def pages_per_request(self) -> int:
+        return -(-self.max_length // self.page_size)
+
+    @property
+    def pool_pages(self) -> int:
+        return self.num_pages or 1 + self.slots * self.pages_per_request
+
+    def __post_init__(self):
+        if self.slots < 1 or not self.buckets or max(self.buckets) > self.max_length:
+            raise ValueError(f"{self}: expected slots >= 1 and buckets no longer than max_length")
+
+    def bucket_for(self, length: int) -> int:
+        for bucket in sorted(self.buckets):
+            if length <= bucket:
+                return bucket
+        raise ValueError(f"prompt of {length} tokens: expected 1 to {max(self.buckets)} (the largest bucket)")
+
+
+def default_buckets(max_prompt: int, smallest: int = 16) -> tuple:
+    """Powers of two from `smallest` up to max_prompt, and max_prompt itself."""
+    buckets, b = [], smallest
+    while b < max_prompt:
+        buckets.append(b)
+        b *= 2
+    return tuple(buckets) + (max_prompt,)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    """Per-request sampling: temperature 0 = greedy; top_k 0 and top_p 1 are off."""
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"{self}: expected temperature >= 0, top_k >= 0 and 0 < top_p <= 1")
+
+    def arrays(self) -> tuple:
+        return (
+            np.float32(self.temperature),
+            np.int32(self.top_k),
+            np.float32(self.top_p),
+            np.uint32(self.seed),
+        )
+
+
+@dataclasses.dataclass
+class Prefix:
+    """A prefilled request: its prompt's K/V ([U, 1, P, K, H] per layer), first token and prompt length."""
+
+    cache: dict
+    first_token: jax.Array
+    length: int
+    max_tokens: int
+    sampling: SamplingParams
+
+
+def request_keys(seeds, steps):
+    """Row b's sampling key: its request's seed folded with its own step count (nothing of its neighbours)."""
+    return jax.vmap(lambda s, i: jax.random.fold_in(jax.random.key(s), i))(seeds, steps)
+
+
+def _map_layers(fn, *trees):
+    """Applies fn to each layer's {"k", "v"} dict across matching cache trees."""
+    if "k" in trees[0]:
+        return fn(*trees)
+    return {name: _map_layers(fn, *(t[name] for t in trees)) for name in trees[0]}
+
+
+class Engine:
+    """Compiled prefill / insert / generate / release over one model. State is a pytree the caller threads
+    through (donated on every call); the host-side PageManager tracks which pages each slot holds."""
+
+    def __init__(self, model, params, config: EngineConfig):
+        if model.config.scan_layers:
+            # Decode runs the layers unrolled: on CPU a scanned decode step slices every layer's weights out
+            # of the stacked arrays each step and ran ~2x slower. Same weights (a bit-exact reshuffle) and
+            # the same cache layout, so this changes nothing but speed.
+            unscanned = model.config.replace(scan_layers=False, remat_policy="none")
+            model, params = make_model(unscanned), unstack_layers(params, model.config)
+        self.model, self.params, self.config = model, params, config
+        self.pages = (
+            PageManager(config.pool_pages, config.page_size, config.pages_per_request)
+            if config.paged
+            else None
+        )
+        self._prefill = jax.jit(self._prefill_fn)
+        self._insert = jax.jit(self._insert_fn, donate_argnums=(0,))
+        self._generate = jax.jit(self._generate_fn, donate_argnums=(1,))
+        self._release = jax.jit(self._release_fn, donate_argnums=(0,))
+
+    # ---- device functions (pure) ----
+
+    def _prefill_fn(self, params, ids, length, temperature, top_k, top_p, seed):
+        cache = init_cache(self.model.config, 1, ids.shape[1])
+        logits, cache = prefill(self.model, params, ids, length[None], cache)
+        token = sample_rows(
+            logits,
+            request_keys(seed[None], jnp.zeros((1,), jnp.int32)),
+            temperature[None],
+            top_k[None],
+            top_p[None],
+        )
+        return token[0], cache
+
+    def _insert_fn(self, state, prefix_cache, slot, token, length, table_row, sampling):
+        cache = state["cache"]
+        if self.config.paged:
+            positions = jnp.arange(jax.tree.leaves(prefix_cache)[0].shape[2], dtype=jnp.int32)[None]
+
+            def put(pool, pre):  # pool {"k": [U, NP, PS, K, H]}, pre {"k": [U, 1, P, K, H]}
+                return jax.vmap(lambda pl, k, v: write_pages(pl, k, v, positions, table_row[None]))(
+                    pool, pre["k"], pre["v"]
+                )
+
+            cache = _map_layers(put, cache, prefix_cache)
+        else:
+            cache = jax.tree.map(
+                lambda c, p: jax.lax.dynamic_update_slice(c, p.astype(c.dtype), (0, slot, 0, 0, 0)),
+                cache,
+                prefix_cache,
+            )
+        temperature, top_k, top_p, seed = sampling
+        updates = dict(
+            tokens=token, positions=length, steps=1, active=True, temperature=temperature,
+            top_k=top_k, top_p=top_p, seeds=seed,
+        )  # fmt: skip
+        state = {**state, **{k: state[k].at[slot].set(v) for k, v in updates.items()}, "cache": cache}
+        if self.config.paged:
+            state["table"] = state["table"].at[slot].set(table_row)
+        return state
+
+    def _generate_fn(self, params, state):
+        cache = state["cache"]
+        if self.config.paged:
+            cache = with_page_table(cache, state["table"])
+        logits, cache = decode_step(self.model, params, state["tokens"], state["positions"], cache)
+        if self.config.paged:
+            cache = without_page_table(cache)
+        keys = request_keys(state["seeds"], state["steps"])
+        nxt = sample_rows(logits, keys, state["temperature"], state["top_k"], state["top_p"])
+        active = state["active"]
+        nxt = jnp.where(active, nxt, 0)
+        step = active.astype(jnp.int32)
+        return {
+            **state,
+            "cache": cache,
+            "tokens": nxt,
+            "positions": state["positions"] + step,
+            "steps": state["steps"] + step,
+        }, nxt
+
+    def _release_fn(self, state, slot):
+        state = {
+            **state,
+            "active": state["active"].at[slot].set(False),
+            "positions": state["positions"].at[slot].set(0),
+            "temperature": state["temperature"].at[slot].set(0.0),
+        }
+        if self.config.paged:  # the slot's pages may go to another request: stop writing through them
+            state["table"] = state["table"].at[slot].set(NULL_PAGE)
+        return state
+
+    # ---- host API ----
+
+    def init_state(self) -> dict:
+        """An empty decode state: zeroed cache (or page pool), every slot inactive."""
+        cfg, b = self.config, self.config.slots
+        if cfg.paged:
+            cache = init_paged_cache(self.model.config, cfg.pool_pages, cfg.page_size)
+        else:
+            cache = init_cache(self.model.config, b, cfg.max_length)
+        state = {
+            "cache": cache,
+            "tokens": jnp.zeros((b,), jnp.int32),
+            "positions": jnp.zeros((b,), jnp.int32),
+            "steps": jnp.zeros((b,), jnp.int32),
+            "active": jnp.zeros((b,), bool),
+            "temperature": jnp.zeros((b,), jnp.float32),
+            "top_k": jnp.zeros((b,), jnp.int32),
+            "top_p": jnp.ones((b,), jnp.float32),
+            "seeds": jnp.zeros((b,), jnp.uint32),
+        }
+        if cfg.paged:
+            state["table"] = jnp.full((b, cfg.pages_per_request), NULL_PAGE, jnp.int32)
+        return state
+
+    def check_request(self, prompt_len: int, max_tokens: int) -> None:
+        """Raises ValueError when a request can never be served by this engine's shapes."""
+        if prompt_len < 1:
+            raise ValueError("empty prompt: expected at least one token")
+        self.config.bucket_for(prompt_len)
+        if max_tokens < 1 or prompt_len + max_tokens > self.config.max_length:
+            raise ValueError(
+                f"prompt of {prompt_len} tokens + max_tokens={max_tokens}: expected max_tokens >= 1 and a "
+                f"total of at most {self.config.max_length} (the context length)"
+            )
+
+    def prefill(self, prompt, max_tokens: int, sampling: SamplingParams = SamplingParams()) -> Prefix:
+        """Runs the prompt (token ids) alone, padded to its bucket; samples the first new token."""
+        self.check_request(len(prompt), max_tokens)
+        bucket = self.config.bucket_for(len(prompt))
+        ids = np.zeros((1, bucket), np.int32)
+        ids[0, : len(prompt)] = prompt
+        token, cache = self._prefill(self.params, ids, np.int32(len(prompt)), *sampling.arrays())
+        return Prefix(cache, token, len(prompt), max_tokens, sampling)
+
+    def can_insert(self, prompt_len: int, max_tokens: int) -> bool:
+        """False while the page pool is too full for this request (back-pressure: wait for releases)."""
+        return self.pages is None or self.pages.can_allocate(prompt_len + max_tokens)
+
+    def insert(self, prefix: Prefix, state: dict, slot: int) -> dict:
+        """Puts the prefix into `slot` (reserving its pages; OutOfPages when the pool is full)."""
+        if self.pages is not None:
+            row = self.pages.allocate(slot, prefix.length + prefix.max_tokens)
+        else:
+            row = np.zeros((1,), np.int32)
+        return self._insert(
+            state, prefix.cache, np.int32(slot), prefix.first_token, np.int32(prefix.length), row,
+            prefix.sampling.arrays(),
+        )  # fmt: skip
+
+    def generate(self, state: dict):
+        """One decode step for every slot -> (state, next tokens [B] as numpy; inactive slots give 0)."""
+        state, tokens = self._generate(self.params, state)
+        return state, np.asarray(tokens)
+
+    def release(self, state: dict, slot: int) -> dict:
+        """Frees the slot and its pages."""
+        if self.pages is not None:
+            self.pages.release(slot)
+        return self._release(state, np.int32(slot))

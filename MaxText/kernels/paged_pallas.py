@@ -1,0 +1,84 @@
+"""Paged-attention decode as a Pallas kernel: one program per (row, kv head) walks the row's pages.
+
+Axis legend: B rows, K kv heads, G = N / K query heads per kv head, H head dim, NP pool pages, PS page size,
+MP pages per row (page-table width).
+
+Each program reads its row's page table and position p, visits only pages 0 .. p // PS (later pages hold
+nothing it may see), and keeps FlashAttention's running max / normaliser / accumulator across pages, so no
+[S] score vector or gathered copy of the row's cache is ever built. Same mask and score transform as every
+kernel: slot j is visible when j <= p (and p - j < W with a window), scores soft-capped before masking.
+
+The pool is passed whole (no BlockSpec tiling) and indexed by page inside the kernel: right for
+`interpret=True` (CPU, the parity tests) and small pools. A production TPU/GPU version would prefetch the
+page table as scalars and DMA one page at a time; that variant is not written yet.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+from MaxText.kernels.masks import MASK_VALUE, AttentionSpec, cap_scores
+
+
+def _kernel(table_ref, pos_ref, q_ref, k_ref, v_ref, o_ref, *, spec: AttentionSpec, page_size: int):
+    b, kh = pl.program_id(0), pl.program_id(1)
+    q = q_ref[0, 0].astype(jnp.float32)  # [G, H]
+    pos = pos_ref[b]
+    g, h = q.shape
+
+    def visit(j, carry):
+        m, l, acc = carry
+        page = table_ref[b, j]
+        k = k_ref[page, :, kh, :].astype(jnp.float32)  # [PS, H]
+        v = v_ref[page, :, kh, :].astype(jnp.float32)
+        s = cap_scores(jnp.dot(q, k.T, precision=spec.precision) * spec.scale, spec.soft_cap)  # [G, PS]
+        slot = j * page_size + jax.lax.broadcasted_iota(jnp.int32, (1, page_size), 1)
+        ok = slot <= pos
+        if spec.sliding_window > 0:
+            ok &= pos - slot < spec.sliding_window
+        s = jnp.where(ok, s, MASK_VALUE)
+        m_new = jnp.maximum(m, s.max(axis=-1, keepdims=True))
+        p = jnp.exp(s - m_new)
+        correction = jnp.exp(m - m_new)
+        l = l * correction + p.sum(axis=-1, keepdims=True)
+        acc = acc * correction + jnp.dot(p, v, precision=spec.precision)
+        return m_new, l, acc
+
+    init = (
+        jnp.full((g, 1), -jnp.inf, jnp.float32),
+        jnp.zeros((g, 1), jnp.float32),
+        jnp.zeros((g, h), jnp.float32),
+    )
+    _, l, acc = jax.lax.fori_loop(0, pos // page_size + 1, visit, init)
+    o_ref[0, 0] = (acc / l).astype(o_ref.dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "interpret"))
+def paged_attention_pallas(
+    q, k_pages, v_pages, page_table, q_pos, spec: AttentionSpec, interpret: bool = True
+):
+    """Decode attention, one query per row: q [B, 1, N, H] at q_pos [B, 1] -> [B, 1, N, H].
+
+    Same contract as paged.paged_attention_reference for T = 1 (the decode step)."""
+    b, t, n, h = q.shape
+    if t != 1:
+        raise ValueError(f"paged_attention_pallas decodes one token per row; got {t} query tokens")
+    _, page_size, kh, _ = k_pages.shape
+    qg = q.reshape(b, kh, n // kh, h)
+    out = pl.pallas_call(
+        functools.partial(_kernel, spec=spec, page_size=page_size),
+        out_shape=jax.ShapeDtypeStruct(qg.shape, q.dtype),
+        grid=(b, kh),
+        in_specs=[
+            pl.BlockSpec(page_table.shape, lambda i, j: (0, 0)),
+            pl.BlockSpec((b,), lambda i, j: (0,)),
+            pl.BlockSpec((1, 1, n // kh, h), lambda i, j: (i, j, 0, 0)),
+            pl.BlockSpec(k_pages.shape, lambda i, j: (0, 0, 0, 0)),
+            pl.BlockSpec(v_pages.shape, lambda i, j: (0, 0, 0, 0)),
+        ],
+        out_specs=pl.BlockSpec((1, 1, n // kh, h), lambda i, j: (i, j, 0, 0)),
+        interpret=interpret,
+    )(page_table, q_pos[:, 0], qg, k_pages, v_pages)
+    return out.reshape(b, 1, n, h)

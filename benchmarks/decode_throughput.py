@@ -1,0 +1,242 @@
+"""Decode throughput of the serving engine, contiguous and paged KV caches, against Hugging Face generate.
+
+    python3 benchmarks/decode_throughput.py [configs/base.yml] [key=value ...] [--preset reference]
+        [--batches 1,4,8,32] [--prompt 64] [--new 64] [--repeats 3] [--no-hf] [--out PATH]
+
+For each cache layout and batch size B, an Engine with B slots (the fixed decode batch) serves B requests
+of `prompt` random tokens and `new` greedy tokens each (ignore_eos), after a warm-up that compiles
+everything. Measured (wall clock, best of --repeats):
+  prefill_ms: one request's prefill (batch 1, prompt bucket = prompt length) to its first token on the host;
+  ttft_ms:    mean time to first token over the B requests submitted together (they prefill one by one);
+  decode_tokens_per_s: B x steps / time of `steps` decode steps with all B slots active (host sync per
+              step included, as the server does);
+  end_to_end_tokens_per_s: B x new / wall time from submission to the last token.
+Hugging Face: LlamaForCausalLM (torch CPU, float32, eager) with our weights (hf_mappings.params_to_hf),
+model.generate(greedy, B prompts, `new` tokens); ttft = generate(max_new_tokens=1), decode tokens/s =
+B x (new - 1) / (full - ttft). Its first greedy tokens are compared with ours (tokens_match).
+Quantized weights are not measured yet (quantization is not implemented).
+"""
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from results_io import write_record
+from train_throughput import DEFAULT_CONFIG, PRESETS, REPO_ROOT, overrides_dict, set_environment
+
+
+def parse_args(argv):
+    """The command line: config path and key=value overrides, plus the benchmark's own options."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("config", nargs="?", default=None, help="YAML config (default configs/base.yml)")
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides (after the preset's)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None, help="a named set of overrides")
+    parser.add_argument("--batches", default="1,4,8,32", help="decode batch sizes (default 1,4,8,32)")
+    parser.add_argument("--prompt", type=int, default=64, help="prompt tokens per request (default 64)")
+    parser.add_argument("--new", type=int, default=64, help="new tokens per request (default 64)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats, best kept (default 3)")
+    parser.add_argument("--page-size", type=int, default=16, help="paged cache page size (default 16)")
+    parser.add_argument("--no-hf", action="store_true", help="skip the Hugging Face comparison")
+    parser.add_argument("--out", default=None, help="JSON output path (default benchmarks/results/...)")
+    args = parser.parse_intermixed_args(argv)
+    if args.config is not None and "=" in args.config:
+        args.overrides = [args.config] + args.overrides
+        args.config = None
+    args.config = args.config or DEFAULT_CONFIG
+    args.batches = [int(b) for b in args.batches.split(",")]
+    return args
+
+
+def _prompts(batch, length, vocab, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(3, vocab, size=length).tolist() for _ in range(batch)]
+
+
+def _collector(tokens: list):
+    return lambda event: tokens.append(event.token)
+
+
+def measure_engine(model, params, args, batch: int, paged: bool) -> dict:
+    """Times one Engine configuration (see the module docstring)."""
+    # pylint: disable=import-outside-toplevel
+    from MaxText.inference.batcher import Batcher, Request
+    from MaxText.inference.engine import Engine, EngineConfig
+
+    config = EngineConfig(
+        batch, args.prompt + args.new, (args.prompt,), paged=paged, page_size=args.page_size
+    )
+    engine = Engine(model, params, config)
+    batcher = Batcher(engine, eos_id=-1)
+    t0 = time.perf_counter()
+    batcher.warmup()
+    compile_s = time.perf_counter() - t0
+    prompts = _prompts(batch, args.prompt, model.config.vocab_size)
+    prefill_ms, ttft_ms, decode_tps, e2e_tps, tokens = [], [], [], [], None
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        int(engine.prefill(prompts[0], args.new).first_token)
+        prefill_ms.append((time.perf_counter() - t0) * 1e3)
+        out = [[] for _ in prompts]
+        for p, tokens_of in zip(prompts, out):
+            batcher.submit(Request(p, args.new, ignore_eos=True, on_event=_collector(tokens_of)))
+        start = time.perf_counter()
+        batcher.step()  # admits (prefills) all B requests, then one decode step
+        ttft_ms.append(statistics.mean(list(batcher.first_token_s)[-batch:]) * 1e3)
+        steps = args.new - 2
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            batcher.step()
+        decode_tps.append(batch * steps / (time.perf_counter() - t0))
+        batcher.run_until_idle()
+        e2e_tps.append(batch * args.new / (time.perf_counter() - start))
+        tokens = out
+    assert all(len(t) == args.new for t in tokens), "every request must produce `new` tokens"
+    return {
+        "cache": "paged" if paged else "contiguous",
+        "batch": batch,
+        "compile_s": round(compile_s, 2),
+        "prefill_ms": round(min(prefill_ms), 2),
+        "ttft_ms": round(min(ttft_ms), 2),
+        "decode_tokens_per_s": round(max(decode_tps), 1),
+        "end_to_end_tokens_per_s": round(max(e2e_tps), 1),
+        "first_tokens": tokens[0][:8],
+    }
+
+
+def measure_hf(model_cfg, params, args, batch: int) -> dict:
+    """Times transformers' generate on the same weights (see the module docstring)."""
+    # pylint: disable=import-outside-toplevel
+    import torch
+    import transformers
+
+    from MaxText.models.hf_mappings import params_to_hf
+
+    keys = dict(
+        vocab_size=model_cfg.vocab_size, hidden_size=model_cfg.emb_dim, intermediate_size=model_cfg.mlp_dim,
+        num_hidden_layers=model_cfg.num_decoder_layers, num_attention_heads=model_cfg.num_query_heads,
+        num_key_value_heads=model_cfg.num_kv_heads, head_dim=model_cfg.head_dim,
+        rms_norm_eps=model_cfg.normalization_layer_epsilon, tie_word_embeddings=False,
+        max_position_embeddings=args.prompt + args.new,
+        rope_parameters={"rope_type": "default", "rope_theta": model_cfg.rope_max_timescale},
+    )  # fmt: skip
+    # transformers' config classes take these through **kwargs, which pylint misreads as unexpected.
+    hf_cfg = transformers.LlamaConfig(**keys)  # pylint: disable=unexpected-keyword-arg
+    hf = transformers.LlamaForCausalLM(hf_cfg).eval()
+    state = {
+        k: torch.from_numpy(np.array(v))  # a writable copy: torch warns on read-only arrays
+        for k, v in params_to_hf("llama2", params, model_cfg).items()
+    }
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    assert not unexpected and all("rotary" in m for m in missing), (missing, unexpected)
+    ids = torch.tensor(_prompts(batch, args.prompt, model_cfg.vocab_size))
+    kwargs = dict(do_sample=False, pad_token_id=0, eos_token_id=None)
+
+    def run(new):
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            out = hf.generate(ids, max_new_tokens=new, min_new_tokens=new, **kwargs)
+        return time.perf_counter() - t0, out
+
+    run(2)  # warm-up
+    first = min(run(1)[0] for _ in range(args.repeats))
+    full, out = min((run(args.new) for _ in range(args.repeats)), key=lambda r: r[0])
+    return {
+        "batch": batch,
+        "ttft_ms": round(first * 1e3, 2),
+        "decode_tokens_per_s": round(batch * (args.new - 1) / max(full - first, 1e-9), 1),
+        "end_to_end_tokens_per_s": round(batch * args.new / full, 1),
+        "first_tokens": out[0, args.prompt : args.prompt + 8].tolist(),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def run_all(args, cfg) -> dict:
+    """Random-initialised model of cfg; every engine row, then Hugging Face; returns the JSON record."""
+    # pylint: disable=import-outside-toplevel
+    import flax.linen as nn
+    import jax
+
+    from MaxText.config import model_config
+    from MaxText.training.train_state import init_params_boxed, make_model
+
+    load_before = os.getloadavg()
+    model_cfg = model_config(cfg)
+    model = make_model(model_cfg)
+    params = nn.unbox(init_params_boxed(model, jax.random.key(0)))
+    rows = [measure_engine(model, params, args, b, paged) for paged in (False, True) for b in args.batches]
+    hf_rows = [] if args.no_hf else [measure_hf(model_cfg, params, args, b) for b in args.batches]
+    for hf_row in hf_rows:
+        for row in rows:
+            if row["batch"] == hf_row["batch"]:
+                row["speedup_vs_hf_decode"] = round(
+                    row["decode_tokens_per_s"] / hf_row["decode_tokens_per_s"], 2
+                )
+                row["tokens_match_hf"] = row["first_tokens"] == hf_row["first_tokens"]
+    return {
+        "benchmark": "decode_throughput",
+        "preset": args.preset,
+        "overrides": overrides_dict((list(PRESETS[args.preset]) if args.preset else []) + args.overrides),
+        "prompt_tokens": args.prompt,
+        "new_tokens": args.new,
+        "repeats": args.repeats,
+        "page_size": args.page_size,
+        "device": jax.devices()[0].device_kind,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        # The machine's 1-minute load average before and after: the numbers mean little when it exceeds
+        # the CPU count (other jobs took the cores).
+        "load_average": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+        "jax": jax.__version__,
+        "maxtext": rows,
+        "huggingface": hf_rows,
+        "quantized": "not measured: quantization is not implemented yet",
+    }
+
+
+def summary(r: dict) -> str:
+    """The record as a table (one row per implementation and batch size)."""
+    lines = [f"decode: prompt {r['prompt_tokens']}, {r['new_tokens']} new tokens, device {r['device']}"]
+    lines.append(
+        f"{'impl':<22}{'B':>4}{'prefill ms':>12}{'TTFT ms':>10}{'decode tok/s':>14}{'e2e tok/s':>11}{'vs HF':>7}"
+    )
+    for row in r["maxtext"]:
+        lines.append(
+            f"{'maxtext ' + row['cache']:<22}{row['batch']:>4}{row['prefill_ms']:>12.1f}{row['ttft_ms']:>10.1f}"
+            f"{row['decode_tokens_per_s']:>14,.0f}{row['end_to_end_tokens_per_s']:>11,.0f}"
+            f"{row.get('speedup_vs_hf_decode', float('nan')):>7.2f}"
+        )
+    for row in r["huggingface"]:
+        lines.append(
+            f"{'hf transformers':<22}{row['batch']:>4}{'':>12}{row['ttft_ms']:>10.1f}"
+            f"{row['decode_tokens_per_s']:>14,.0f}{row['end_to_end_tokens_per_s']:>11,.0f}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv) -> int:
+    """Parses, measures, prints the table and writes the JSON record."""
+    args = parse_args(argv)
+    set_environment("")
+    sys.path.insert(0, REPO_ROOT)
+    from MaxText.config import exit_on_config_error, load_config  # pylint: disable=import-outside-toplevel
+
+    preset = list(PRESETS[args.preset]) if args.preset else []
+    length = f"max_target_length={args.prompt + args.new}"
+    cfg = exit_on_config_error(load_config)([args.config] + preset + [length] + list(args.overrides))
+    result = run_all(args, cfg)
+    name = args.preset or os.path.splitext(os.path.basename(args.config))[0]
+    out = write_record(result, args.out, f"decode_throughput_{name}")
+    print(summary(result))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
