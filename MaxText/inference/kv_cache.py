@@ -29,7 +29,7 @@ def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=None) -> dict:
 
 def init_paged_cache(cfg: ModelConfig, num_pages: int, page_size: int, dtype=None) -> dict:
     """Zeroed pool of `num_pages` pages of `page_size` slots per layer (page 0 is the null page)."""
-    latent = [s.name for s in registry.stacks(cfg) if getattr(s.block, "cache_shapes", None)]
+    latent = [s.name for s in registry.stacks(cfg) if set(_per_token(cfg, s.block)) != {"k", "v"}]
     if latent:
         raise ConfigError(
             f"kv_cache='paged': decoder_block={cfg.decoder_block!r} keeps a latent (not K/V) cache in "
@@ -57,14 +57,18 @@ def without_page_table(cache: dict) -> dict:
     return {name: without_page_table(sub) for name, sub in cache.items()}
 
 
+def _per_token(cfg: ModelConfig, block) -> dict:
+    """A block's per-token cache {name: shape}: it may declare its own (MLA keeps a compressed latent)."""
+    declared = getattr(block, "cache_shapes", None)
+    kv = (cfg.num_kv_heads, cfg.head_dim)
+    return declared(cfg) if declared else {"k": kv, "v": kv}
+
+
 def _zeros(cfg: ModelConfig, rows_slots: tuple, dtype) -> dict:
     dtype = dtype or dtype_of(cfg.dtype)
     cache = {}
     for stack in registry.stacks(cfg):
-        # A block may declare its own per-token cache (MLA keeps a compressed latent); the default is K/V.
-        declared = getattr(stack.block, "cache_shapes", None)
-        kv = (cfg.num_kv_heads, cfg.head_dim)
-        per_token = declared(cfg) if declared else {"k": kv, "v": kv}
+        per_token = _per_token(cfg, stack.block)
 
         def layer_cache(per_token=per_token, prefix=(stack.length, *rows_slots)):
             return {name: jnp.zeros(prefix + shape, dtype) for name, shape in per_token.items()}
