@@ -111,14 +111,14 @@ def _dtype_name(dtype) -> str:
     return name
 
 
-def _tokenizer_keys(staging: str, output: str) -> tuple:
+def _tokenizer_keys(staging: str, output: str, family: str) -> tuple:
     """(config keys for the tokenizer, its identity) from the copied tokenizer files; ({}, None) without one."""
     main = tokenizer_files.main_file(staging)
     if main is None:
         return {}, None
     from MaxText.input_pipeline import tokenizers  # pylint: disable=import-outside-toplevel
 
-    tok = tokenizers.load_tokenizer(os.path.join(staging, main))
+    tok = tokenizers.load_tokenizer(os.path.join(staging, main), family)
     keys = {"tokenizer_path": os.path.join(output, main), "add_bos": tok.add_bos, "add_eos": tok.add_eos}
     return keys, tok.identity()
 
@@ -183,7 +183,7 @@ def convert(hf_dir: str, output: str, dtype: str | None = None, overwrite: bool 
     orbax_io.save_streaming(os.path.join(staging, "state"), tree)
 
     copied = tokenizer_files.copy(hf_dir, staging, tokenizer_files.present(hf_dir))
-    tok_keys, identity = _tokenizer_keys(staging, output)
+    tok_keys, identity = _tokenizer_keys(staging, output, keys["decoder_block"])
     keys.update(tok_keys)
     meta = {
         "format_version": checkpointing.FORMAT_VERSION,

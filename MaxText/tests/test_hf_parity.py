@@ -202,6 +202,21 @@ def test_logits_match_hf(case):
     assert diff <= 1e-4
 
 
+def test_api_loads_the_hugging_face_directory_itself(case):
+    """api.load(HF dir) converts on the fly: the same parameters and tokenizer as the converted directory."""
+    import jax
+
+    direct = api.load(str(case.hf_dir))
+    assert direct.cfg.decoder_block == case.model.cfg.decoder_block
+    leaves = jax.tree_util.tree_leaves_with_path(case.model.params)
+    assert len(leaves) == len(jax.tree_util.tree_leaves(direct.params))
+    for (path, want), got in zip(leaves, jax.tree_util.tree_leaves(direct.params)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=str(path))
+    text = "To be, or not"
+    assert direct.tokenizer.encode(text) == case.model.tokenizer.encode(text)
+    assert direct.tokenizer.decode(direct.tokenizer.encode(text)) == text
+
+
 def test_inputs_exercise_the_family_feature(case):
     if case.family not in FEATURE_OFF:
         pytest.skip("no special feature beyond the shared ones")
@@ -255,7 +270,7 @@ def test_export_loads_in_transformers(case):
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(
         str(out), dtype=torch.float32, attn_implementation="eager"
     ).eval()
-    assert type(reloaded) is type(case.hf)
+    assert type(reloaded).__name__ == type(case.hf).__name__
     np.testing.assert_array_equal(hf_logits(reloaded, case.ids), case.hf_logits)
     assert transformers.AutoTokenizer.from_pretrained(str(out))(
         "To be"
@@ -292,3 +307,38 @@ def test_one_training_step_starts_from_the_converted_weights(case, tmp_path):
     weights = batch["targets_segmentation"]
     assert abs(loss - float((nll * weights).sum() / weights.sum())) < 1e-4
     assert 0 < float(metrics["grad_norm"]) < np.inf and int(state.step) == 1
+
+
+@pytest.mark.parametrize("case", ["gemma3"], indirect=True)
+def test_multimodal_gemma3_converts_its_language_model(case, tmp_path):
+    """A Gemma3ForConditionalGeneration checkpoint (text_config, vision tower, legacy language_model.model.*
+    names) holding the gemma3 case's language model converts to the same parameters, and its export is
+    that language model as Gemma3ForCausalLM."""
+    from MaxText.tests.test_convert import read_params
+
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                  image_size=16, patch_size=4)  # fmt: skip
+    config = transformers.Gemma3Config(
+        text_config=case.hf.config.to_dict(), vision_config=vision, mm_tokens_per_image=4,
+        image_token_index=VOCAB - 1, boi_token_index=VOCAB - 3, eoi_token_index=VOCAB - 2,
+    )  # fmt: skip
+    mm = transformers.Gemma3ForConditionalGeneration(config).eval()
+    mm.model.language_model.load_state_dict(case.hf.model.state_dict())
+    mm.save_pretrained(str(tmp_path / "hf"))
+    ids = case.ids % (VOCAB - 3)  # no image tokens
+    with torch.no_grad():
+        mm_logits = mm(input_ids=torch.as_tensor(ids)).logits.numpy()
+    np.testing.assert_allclose(mm_logits, hf_logits(case.hf, ids), atol=1e-5)
+    lines = []
+    hf_to_maxtext.convert(str(tmp_path / "hf"), str(tmp_path / "ckpt"), log=lines.append)
+    assert any(line.startswith("skipping") for line in lines)  # the vision tower and projector
+    ours, want = read_params(tmp_path / "ckpt"), read_params(case.ckpt)
+    assert sorted(ours) == sorted(want)
+    for path, value in want.items():
+        np.testing.assert_array_equal(ours[path], value)
+    maxtext_to_hf.export(str(tmp_path / "ckpt"), str(tmp_path / "out"), log=quiet)
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(
+        str(tmp_path / "out"), dtype=torch.float32, attn_implementation="eager"
+    ).eval()
+    assert isinstance(reloaded, transformers.Gemma3ForCausalLM)
+    np.testing.assert_array_equal(hf_logits(reloaded, case.ids), case.hf_logits)
