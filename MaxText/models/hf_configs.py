@@ -69,7 +69,8 @@ def _require(cond: bool, message: str) -> None:
 def text_config(hf: dict) -> dict:
     """The language model's config: a multimodal Gemma 3 config's text_config, else the config itself."""
     if hf.get("model_type") == "gemma3" and "text_config" in hf:
-        return {"model_type": "gemma3_text", **hf["text_config"]}
+        ids = {k: hf[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in hf}
+        return {**ids, **hf["text_config"], "model_type": "gemma3_text"}
     return hf
 
 
