@@ -314,7 +314,11 @@ def test_multimodal_gemma3_converts_its_language_model(case, tmp_path):
     """A Gemma3ForConditionalGeneration checkpoint (text_config, vision tower, legacy language_model.model.*
     names) holding the gemma3 case's language model converts to the same parameters, and its export is
     that language model as Gemma3ForCausalLM."""
-    from MaxText.tests.test_convert import read_params
+    from MaxText.conversion import orbax_io
+
+    def read_params(ckpt) -> dict:
+        state = os.path.join(str(ckpt), "state")
+        return {p: orbax_io.read_leaf(state, leaf) for p, leaf in orbax_io.leaf_metadata(state).items()}
 
     vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
                   image_size=16, patch_size=4)  # fmt: skip
