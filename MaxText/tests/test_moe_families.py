@@ -28,14 +28,14 @@ from MaxText.models import hf_mappings
 from MaxText.tests.conftest import BASE_YML, TINY
 from MaxText.tests.test_families import (
     COMMON,
-    _cli,
     _decode_matches_forward,
     _forward,
     _hf_logits,
     _ids,
     _load,
-    greedy_matches_hf,
 )
+from MaxText.inference.generate import DecodeSettings, Generator
+from MaxText.inference.sampling import SamplingConfig
 from MaxText import input_pipeline
 from MaxText.parallel import mesh as mesh_lib
 from MaxText.training import train_step as train_step_lib
@@ -114,6 +114,45 @@ HF_MODELS = {
 FAMILIES = list(HF_MODELS)
 
 
+def _cli(keys: dict) -> list:
+    def text(v):
+        if isinstance(v, bool):
+            return str(v).lower()
+        if isinstance(v, list):
+            return "[" + ",".join(map(str, v)) + "]"
+        return str(v)
+
+    return [f"{k}={text(v)}" for k, v in keys.items()]
+
+
+def greedy_matches_hf(hf, model, params, new):
+    """Our greedy tokens (KV cache, two prompt lengths in one padded batch) equal HF generate's."""
+    prompts = [list(_ids(1, (7,))), list(_ids(2, (4,)))]
+    settings = DecodeSettings(
+        prefill_length=8, max_new=new, eos_id=-1, pad_id=0, sampling=SamplingConfig("greedy")
+    )
+    ours = Generator(model, params, settings).generate(prompts)["tokens"]
+    hf.generation_config.eos_token_id = None
+    for prompt, got in zip(prompts, ours):
+        with torch.no_grad():
+            ref = hf.generate(
+                torch.as_tensor([prompt]),
+                max_new_tokens=new,
+                do_sample=False,
+                pad_token_id=0,
+                eos_token_id=None,
+            )
+        assert got == ref[0, len(prompt) :].tolist()
+
+
+def randomize_router_bias(hf) -> None:
+    """DeepSeek V3's score-correction bias is zeros at init; random values make it change the choice."""
+    with torch.no_grad():
+        for name, b in hf.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                b.copy_(0.3 * torch.randn_like(b))
+
+
 @functools.lru_cache(maxsize=None)
 def hf_case(family: str, tmp_root: str = "/tmp/maxtext_test_moe_families"):
     """(HF model, saved dir, its per-expert tensors, our ModelConfig, model, params, HF logits)."""
@@ -126,9 +165,7 @@ def hf_case(family: str, tmp_root: str = "/tmp/maxtext_test_moe_families"):
         for name, p in hf.named_parameters():
             if "norm" in name:
                 p.add_(0.2 * torch.randn_like(p))
-        for name, b in hf.named_buffers():
-            if name.endswith("e_score_correction_bias"):  # zeros at init; random values make it choose
-                b.copy_(0.3 * torch.randn_like(b))
+        randomize_router_bias(hf)
     path = os.path.join(tmp_root, family)
     shutil.rmtree(path, ignore_errors=True)
     hf.save_pretrained(path)
