@@ -81,7 +81,7 @@ _MOE_ROPE_TYPES = _ROPE_TYPES + ("yarn",)  # the MoE blocks' rope takes yarn (De
 # The MoE families: our keys <- their config.json fields, read and written the same way.
 _MOE_FIELDS = {
     "mixtral": {"num_experts": "num_local_experts", "base_moe_mlp_dim": "intermediate_size"},
-    "qwen3_moe": {"num_experts": "num_experts", "base_moe_mlp_dim": "moe_intermediate_size"},
+    "qwen3_moe": {"num_experts": "num_local_experts", "base_moe_mlp_dim": "moe_intermediate_size"},
     "deepseek2": {
         "num_experts": "n_routed_experts",
         "base_moe_mlp_dim": "moe_intermediate_size",
@@ -160,7 +160,7 @@ def layer_types(num_layers: int, pattern: int) -> list:
 def _moe_keys(block: str, hf: dict, where: str) -> dict:
     """Routing, expert and (DeepSeek) latent-attention keys of an MoE family's config.json."""
     keys = {key: hf.get(field) or 0 for key, field in _MOE_FIELDS[block].items()}
-    keys["num_experts"] = keys["num_experts"] or hf.get("num_local_experts", 0)  # older qwen3_moe files
+    keys["num_experts"] = keys["num_experts"] or hf.get("num_experts", 0)  # qwen3_moe files before 5.x
     keys["num_experts_per_tok"] = hf["num_experts_per_tok"]
     if block == "mixtral":
         return {**keys, "sliding_window_size": int(hf.get("sliding_window") or 0)}
@@ -339,14 +339,18 @@ def _moe_fields(block: str, keys: dict) -> dict:
     fields.update(
         q_lora_rank=keys["q_lora_rank"] or None,
         routed_scaling_factor=float(keys["routed_scaling_factor"]),
-        rope_interleave=bool(keys["rope_interleave"]),
         n_group=keys["moe_n_group"],
         topk_group=keys["moe_topk_group"],
         moe_layer_freq=1,
         head_dim=keys["qk_rope_head_dim"],  # what transformers sets; it reads qk_*_head_dim
     )
     if block == "deepseek3":
-        return {**fields, "norm_topk_prob": bool(keys["norm_topk_prob"])}
+        return {
+            **fields,
+            "norm_topk_prob": bool(keys["norm_topk_prob"]),
+            "rope_interleave": keys["rope_interleave"],
+        }
+    _require(keys["rope_interleave"], f"rope_interleave=False: Hugging Face {block} always interleaves")
     _require(not keys["norm_topk_prob"], f"norm_topk_prob=true: Hugging Face {block} never renormalises")
     grouped = keys["moe_n_group"] > 1
     return {**fields, "topk_method": "group_limited_greedy" if grouped else "greedy"}

@@ -1,5 +1,7 @@
 """Parity with Hugging Face transformers (float32, offline) through the real conversion path, for every family
-with a Hugging Face checkpoint: llama2, llama3, mistral, gemma, gemma2, gemma3 (text) and qwen3.
+with a Hugging Face checkpoint: llama2, llama3, mistral, gemma, gemma2, gemma3 (text), qwen3, and the MoE
+families mixtral, qwen3_moe, deepseek2 and deepseek3 (test_moe_families' tiny models: 8 experts, top-2,
+groups, a shared expert, router bias, a dense first layer, MLA, YaRN).
 
 For each family a tiny random Hugging Face model with its special features switched on (GQA/MQA, llama3 rope
 scaling, sliding windows shorter than the sequence, soft caps, query_pre_attn_scalar, local/global rope with
@@ -26,6 +28,8 @@ from MaxText.config.checkpoint_overlay import load_config_from_checkpoint
 from MaxText.conversion import hf_to_maxtext, maxtext_to_hf
 from MaxText.input_pipeline.synthetic import synthetic_batch
 from MaxText.tests.conftest import BASE_YML
+from MaxText.tests.test_moe_families import HF_MODELS as MOE_MODELS
+from MaxText.tests.test_moe_families import MOE, randomize_router_bias
 
 VOCAB, SEQ = 300, 32
 COMMON = dict(
@@ -79,7 +83,13 @@ FAMILIES = {
         {"num_key_value_heads": 4, "tie_word_embeddings": True},
     ),
 }
-PARITY_FAMILIES = ["llama2", "llama3", "mistral", "gemma", "gemma2", "gemma3", "qwen3"]
+FAMILIES.update({family: (c, m, {**MOE, **extra}) for family, (c, m, extra) in MOE_MODELS.items()})
+MOE_FAMILIES = list(MOE_MODELS)
+MOE_CONFIG_FIELDS = ("num_local_experts", "num_experts", "n_routed_experts", "num_experts_per_tok",
+                     "moe_intermediate_size", "n_shared_experts", "first_k_dense_replace", "n_group", "topk_group",
+                     "topk_method", "routed_scaling_factor", "norm_topk_prob", "q_lora_rank", "kv_lora_rank",
+                     "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "rope_interleave")  # fmt: skip
+PARITY_FAMILIES = ["llama2", "llama3", "mistral", "gemma", "gemma2", "gemma3", "qwen3", *MOE_FAMILIES]
 # What switches each family's special feature off (to show the test inputs exercise it).
 FEATURE_OFF = {
     "llama3": {"rope_parameters": {"rope_type": "default", "rope_theta": 500000.0}},
@@ -139,6 +149,7 @@ def make_hf_model(
         for name, p in model.named_parameters():
             if "norm" in name:
                 p.add_(0.2 * torch.randn_like(p))
+        randomize_router_bias(model)
     if dtype is not None:
         model = model.to(dtype)
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
@@ -248,6 +259,10 @@ def test_export_loads_in_transformers(case):
     with open(out / "config.json", encoding="utf-8") as f:
         config = json.load(f)
     original = case.hf.config.to_dict()
+    # Mixtral and Qwen3-MoE configs may leave head_dim unset (hidden_size / heads); the export writes it.
+    original["head_dim"] = (
+        original.get("head_dim") or original["hidden_size"] // original["num_attention_heads"]
+    )
     for key in (
         "model_type",
         "hidden_size",
@@ -265,6 +280,7 @@ def test_export_loads_in_transformers(case):
         "final_logit_softcapping",
         "hidden_act",
         "hidden_activation",
+        *MOE_CONFIG_FIELDS,
     ):
         assert config.get(key) == original.get(key), key
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(
@@ -305,7 +321,10 @@ def test_one_training_step_starts_from_the_converted_weights(case, tmp_path):
     log_probs = torch.log_softmax(torch.as_tensor(hf_logits(case.hf, batch["inputs"])), dim=-1).numpy()
     nll = -np.take_along_axis(log_probs, batch["targets"][..., None].astype(np.int64), axis=-1)[..., 0]
     weights = batch["targets_segmentation"]
-    assert abs(loss - float((nll * weights).sum() / weights.sum())) < 1e-4
+    # MoE: plus the weighted load-balance loss, which transformers' forward leaves out.
+    lb = cfg.load_balance_loss_weight * float(metrics.get("moe_lb_loss", 0.0))
+    assert ("moe_lb_loss" in metrics) == (case.family in MOE_FAMILIES)
+    assert abs(loss - lb - float((nll * weights).sum() / weights.sum())) < 1e-4
     assert 0 < float(metrics["grad_norm"]) < np.inf and int(state.step) == 1
 
 
