@@ -37,7 +37,8 @@ def megabytes(nbytes: int) -> str:
 
 
 # Tensors a checkpoint may carry that are not parameters of the language model: buffers the model recomputes
-# and, in multimodal Gemma 3 checkpoints, the vision tower and its projector (we take the language model).
+# and, in multimodal Gemma 3 checkpoints, the vision tower and its projector (we take the language model);
+# also DeepSeek V3's multi-token-prediction layer (hf_mappings.is_extra_layer).
 IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)
 IGNORED_PARTS = ("vision_tower.", "multi_modal_projector.")
 
@@ -48,9 +49,11 @@ def model_config_for(keys: dict):
     return model_config(cfg)
 
 
-def check_tensors(reader: SafetensorsReader, maps: list, tied: bool, where: str) -> list:
+def check_tensors(
+    reader: SafetensorsReader, maps: list, tied: bool, where: str, skip=lambda name: False
+) -> list:
     """Every expected tensor present with its expected shape, and nothing unexpected (ConfigError otherwise).
-    Returns the names of the tensors that are skipped (vision tower, buffers)."""
+    Returns the names of the tensors that are skipped (vision tower, buffers, those `skip` names)."""
     expected = {name: m.hf_shape for m in maps for name in m.hf_names}
     present = set(reader.names())
     missing = sorted(set(expected) - present)
@@ -60,7 +63,7 @@ def check_tensors(reader: SafetensorsReader, maps: list, tied: bool, where: str)
     skipped = sorted(
         n
         for n in present - set(expected)
-        if n.endswith(IGNORED_SUFFIXES) or any(p in n for p in IGNORED_PARTS)
+        if n.endswith(IGNORED_SUFFIXES) or any(p in n for p in IGNORED_PARTS) or skip(n)
     )
     ignorable = set(skipped) | ({n.head for n in hf_mappings.KNOWN_NAMES} if tied else set())
     extra = sorted(present - set(expected) - ignorable)
@@ -158,7 +161,8 @@ def convert(hf_dir: str, output: str, dtype: str | None = None, overwrite: bool 
     cfg = model_config_for(keys)
     keys["param_scan_axis"] = axis = cfg.param_scan_axis
     maps = hf_mappings.tensor_maps(keys["decoder_block"], cfg, hf_mappings.detect_names(reader.names()))
-    skipped = check_tensors(reader, maps, keys["logits_via_embedding"], where)
+    extra = functools.partial(hf_mappings.is_extra_layer, keys["decoder_block"], cfg)
+    skipped = check_tensors(reader, maps, keys["logits_via_embedding"], where, extra)
     target = DTYPES[dtype] if dtype else None
     keys["weight_dtype"] = _dtype_name(target or reader.info(maps[0].hf_names[0]).dtype)
 

@@ -295,6 +295,17 @@ def tensor_maps(family: str, cfg: ModelConfig, names: HFNames = HFNames()) -> li
 _LAYER = re.compile(r"layers\.(\d+)\.")
 
 
+# Families whose checkpoints hold layers past num_hidden_layers that our model does not build: DeepSeek V3's
+# multi-token-prediction module (model.layers.{L}.*; optional, used only as a training objective).
+EXTRA_LAYERS = ("deepseek3",)
+
+
+def is_extra_layer(family: str, cfg: ModelConfig, hf_name: str) -> bool:
+    """Whether hf_name belongs to such a layer (skipped on conversion)."""
+    match = _LAYER.search(hf_name)
+    return family in EXTRA_LAYERS and bool(match) and int(match.group(1)) >= cfg.num_decoder_layers
+
+
 def file_order(hf_name: str) -> tuple:
     """Sort key giving the usual file order: embeddings, then layer by layer, then final norm and head."""
     match = _LAYER.search(hf_name)

@@ -15,6 +15,7 @@ compilation cache). The helpers here also build the models for test_convert and 
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -365,3 +366,27 @@ def test_multimodal_gemma3_converts_its_language_model(case, tmp_path):
     ).eval()
     assert isinstance(reloaded, transformers.Gemma3ForCausalLM)
     np.testing.assert_array_equal(hf_logits(reloaded, case.ids), case.hf_logits)
+
+
+@pytest.mark.parametrize("case", ["deepseek3"], indirect=True)
+def test_deepseek3_multi_token_prediction_layer_is_skipped(case, tmp_path):
+    """Published DeepSeek V3 files carry the MTP module as layer L (= num_hidden_layers): conversion skips it
+    (reported) and gives the same parameters."""
+    from safetensors.torch import save_file
+
+    from MaxText.conversion import orbax_io
+
+    hf_dir = tmp_path / "hf"
+    shutil.copytree(case.hf_dir, hf_dir)
+    layers = case.hf.config.num_hidden_layers
+    save_file(
+        {f"model.layers.{layers}.eh_proj.weight": torch.zeros(64, 128)}, str(hf_dir / "mtp.safetensors")
+    )
+    lines = []
+    hf_to_maxtext.convert(str(hf_dir), str(tmp_path / "ckpt"), log=lines.append)
+    assert any(line.startswith("skipping 1 tensor") and f"layers.{layers}.eh_proj" in line for line in lines)
+    state, want = os.path.join(str(tmp_path / "ckpt"), "state"), os.path.join(str(case.ckpt), "state")
+    ours, theirs = orbax_io.leaf_metadata(state), orbax_io.leaf_metadata(want)
+    assert sorted(ours) == sorted(theirs)
+    for path, leaf in theirs.items():
+        np.testing.assert_array_equal(orbax_io.read_leaf(state, ours[path]), orbax_io.read_leaf(want, leaf))
