@@ -45,7 +45,8 @@ def is_hf_dir(path: str) -> bool:
 
 
 class PromptTokenizer:
-    """The model's tokenizer with BOS/EOS added as its family does (or as add_bos/add_eos override).
+    """The model's tokenizer with BOS/EOS added as its files or its family say (or as add_bos/add_eos
+    override, per call or for the model).
 
     encode(text) -> list[int] (with BOS when the family adds it), decode(ids) -> str (control ids skipped).
     `raw` is the underlying MaxText.input_pipeline.tokenizers.Tokenizer.
@@ -113,7 +114,8 @@ class Model:
         if cfg.tokenizer_path and os.path.isfile(cfg.tokenizer_path):
             from MaxText.input_pipeline import tokenizers  # pylint: disable=import-outside-toplevel
 
-            self.tokenizer = PromptTokenizer(tokenizers.load_tokenizer(cfg.tokenizer_path), add_bos, add_eos)
+            raw = tokenizers.load_tokenizer(cfg.tokenizer_path, cfg.decoder_block)
+            self.tokenizer = PromptTokenizer(raw, add_bos, add_eos)
         source = _source_token_ids(checkpointing.read_meta(path))
         tok_eos = self.tokenizer.eos_id if self.tokenizer else -1
         tok_pad = self.tokenizer.pad_id if self.tokenizer else -1

@@ -4,17 +4,18 @@
 # and the trained checkpoints back, then check the untrained export is bit-exact and the trained export
 # gives the same logits in transformers as MaxText.api gives for the run.
 #
-#   bash end_to_end/hf_roundtrip.sh [FAMILY ...]   default: llama3 mistral
-#   FULL=1 bash end_to_end/hf_roundtrip.sh         every family that converts: llama2 llama3 mistral
+#   bash end_to_end/hf_roundtrip.sh [FAMILY ...]   default (what CI runs): llama3 gemma2
+#   FULL=1 bash end_to_end/hf_roundtrip.sh         every family: llama2 llama3 mistral gemma gemma2 gemma3 qwen3
+#                                                  and the MoE families mixtral qwen3_moe deepseek2 deepseek3
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-ALL_FAMILIES=(llama2 llama3 mistral)
+ALL_FAMILIES=(llama2 llama3 mistral gemma gemma2 gemma3 qwen3 mixtral qwen3_moe deepseek2 deepseek3)
 if [[ $# -gt 0 ]]; then
   FAMILIES=("$@")
 elif [[ "${FULL:-0}" == "1" ]]; then
   FAMILIES=("${ALL_FAMILIES[@]}")
 else
-  FAMILIES=(llama3 mistral)
+  FAMILIES=(llama3 gemma2)
 fi
 export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"
 export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-${HOME}/.cache/maxtext/jax_cache}"
@@ -27,39 +28,18 @@ python3 -c "import importlib.util as u, sys; sys.exit(not (u.find_spec('transfor
   exit 1
 }
 
-# One Python process builds every family's tiny model and tokenizer (importing transformers takes seconds).
+# One Python process builds every family's tiny model and tokenizer (importing transformers takes seconds):
+# the parity tests' models, with each family's special features on (MaxText/tests/test_hf_parity.py).
 python3 - "${OUT}" "${FAMILIES[@]}" <<'PY'
 import sys
 
-import torch
-import transformers
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from MaxText.tests.test_hf_parity import PARITY_FAMILIES, make_hf_model
 
 out, families = sys.argv[1], sys.argv[2:]
-dims = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, vocab_size=300, max_position_embeddings=256)
-llama3_rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
-               "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
-configs = {
-    "llama2": lambda: transformers.LlamaConfig(**{**dims, "num_key_value_heads": 4}),
-    "llama3": lambda: transformers.LlamaConfig(**dims, rope_parameters=llama3_rope),
-    "mistral": lambda: transformers.MistralConfig(**dims, sliding_window=8),
-}
 for family in families:
-    if family not in configs:
-        sys.exit(f"hf_roundtrip: unknown family {family!r}; expected one of {', '.join(configs)}")
-    torch.manual_seed(0)
-    hf_dir = f"{out}/{family}/hf"
-    transformers.AutoModelForCausalLM.from_config(configs[family]()).save_pretrained(hf_dir)
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>", "</s>"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(["To be, or not to be, that is the question."] * 20, trainer)
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
-    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
-    fast.save_pretrained(hf_dir)
+    if family not in PARITY_FAMILIES:
+        sys.exit(f"hf_roundtrip: unknown family {family!r}; expected one of {', '.join(PARITY_FAMILIES)}")
+    make_hf_model(family, f"{out}/{family}/hf")
 PY
 
 for FAMILY in "${FAMILIES[@]}"; do
@@ -101,7 +81,9 @@ for family in families:
         assert x.dtype == back[name].dtype and torch.equal(x.view(torch.uint8), back[name].view(torch.uint8)), name
     trained = load_file(f"{d}/trained/model.safetensors")
     assert any(not torch.equal(trained[k], source[k]) for k in source), "training changed no weight"
-    hf = transformers.AutoModelForCausalLM.from_pretrained(f"{d}/trained", dtype=torch.float32).eval()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+        f"{d}/trained", dtype=torch.float32, attn_implementation="eager"  # soft caps need eager
+    ).eval()
     with torch.no_grad():
         ref = hf(torch.as_tensor(ids)).logits.numpy()
     diff = float(np.abs(api.load(f"{d}/runs/ft").logits(ids) - ref).max())

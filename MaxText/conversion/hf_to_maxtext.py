@@ -1,7 +1,7 @@
 """Hugging Face directory -> MaxText checkpoint directory, streaming one stacked parameter at a time.
 
 Output layout (docs/checkpoints.md):
-  DIR/state/      orbax PyTree {"params": tree} in our scanned layout (param_scan_axis=1)
+  DIR/state/      orbax PyTree {"params": tree} in our scanned layout (stacked on param_scan_axis)
   DIR/meta/       orbax JSON: format_version, step 0, config (our model keys, tokenizer_path, add_bos/add_eos),
                   tokenizer identity, source (Hugging Face path, model_type, config.json, files copied)
   DIR/model.yml   the same model keys, human-readable
@@ -18,9 +18,11 @@ import ml_dtypes
 import numpy as np
 import yaml
 
-from MaxText.config import ConfigError
-from MaxText.conversion import hf_config, mappings, orbax_io, tokenizer_files
+from MaxText import paths
+from MaxText.config import ConfigError, load_config, model_config
+from MaxText.conversion import hf_config, orbax_io, tokenizer_files
 from MaxText.conversion.safetensors_io import SafetensorsReader
+from MaxText.models import hf_mappings
 from MaxText.training import checkpointing
 
 DTYPES = {
@@ -34,20 +36,37 @@ def megabytes(nbytes: int) -> str:
     return f"{nbytes / 2**20:,.1f} MB"
 
 
-def check_tensors(reader: SafetensorsReader, maps: list, num_layers: int, tied: bool, where: str) -> None:
-    """Every expected tensor present with its expected shape, and nothing unexpected. ConfigError otherwise."""
-    expected = {}
-    for m in maps:
-        expected.update({name: m.hf_shape for name in m.hf_names(num_layers)})
+# Tensors a checkpoint may carry that are not parameters of the language model: buffers the model recomputes
+# and, in multimodal Gemma 3 checkpoints, the vision tower and its projector (we take the language model);
+# also DeepSeek V3's multi-token-prediction layer (hf_mappings.is_extra_layer).
+IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)
+IGNORED_PARTS = ("vision_tower.", "multi_modal_projector.")
+
+
+def model_config_for(keys: dict):
+    """The ModelConfig of our model keys (base.yml fills in the rest)."""
+    cfg = load_config([os.path.join(paths.REPO_ROOT, "configs", "base.yml")], overlay=keys)
+    return model_config(cfg)
+
+
+def check_tensors(
+    reader: SafetensorsReader, maps: list, tied: bool, where: str, skip=lambda name: False
+) -> list:
+    """Every expected tensor present with its expected shape, and nothing unexpected (ConfigError otherwise).
+    Returns the names of the tensors that are skipped (vision tower, buffers, those `skip` names)."""
+    expected = {name: m.hf_shape for m in maps for name in m.hf_names}
     present = set(reader.names())
     missing = sorted(set(expected) - present)
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise ConfigError(f"{where}: tensor {missing[0]!r} is missing{more}")
-    ignorable = ("lm_head.weight",) if tied else ()
-    extra = sorted(
-        n for n in present - set(expected) if not n.endswith(mappings.IGNORED_SUFFIXES) and n not in ignorable
+    skipped = sorted(
+        n
+        for n in present - set(expected)
+        if n.endswith(IGNORED_SUFFIXES) or any(p in n for p in IGNORED_PARTS) or skip(n)
     )
+    ignorable = set(skipped) | ({n.head for n in hf_mappings.KNOWN_NAMES} if tied else set())
+    extra = sorted(present - set(expected) - ignorable)
     if extra:
         raise ConfigError(
             f"{where}: unexpected tensor {extra[0]!r} (a feature this converter does not support)"
@@ -58,21 +77,22 @@ def check_tensors(reader: SafetensorsReader, maps: list, num_layers: int, tied: 
             raise ConfigError(
                 f"{where}: tensor {name!r} has shape {list(got)}, config.json implies {list(shape)}"
             )
+    return skipped
 
 
-def _pieces(reader, m, num_layers: int, dtype, progress):
-    """Yields (index, array) pieces of map m's parameter, reading one Hugging Face tensor at a time."""
+def _pieces(reader, m, scan_axis: int, dtype, progress):
+    """Yields (index, array) pieces of map m's parameter, reading one Hugging Face tensor at a time (one
+    layer's, or one expert's of a layer: expert tensors go straight to their expert-major slot)."""
     t0 = time.perf_counter()
-    names = m.hf_names(num_layers)
-    for i, name in enumerate(names):
+    for i, name in enumerate(m.hf_names):
         piece = m.to_ours(reader.get(name)).astype(dtype, copy=False)
-        yield ((slice(None), i) if m.per_layer else ()), piece  # param_scan_axis=1
+        yield m.index(i, scan_axis), piece
         del piece
-    source = m.hf_name.replace("{i}", f"{{0..{num_layers - 1}}}")
-    shape = m.stacked_shape(num_layers, 1)
+    shape = m.stacked_shape(scan_axis)
     nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    source = m.hf_names[0] if len(m.hf_names) == 1 else f"{m.hf_names[0]} .. {m.hf_names[-1]}"
     progress(
-        f"{m.name} {np.dtype(dtype).name}{list(shape)} <- {source} ({len(names)} tensor(s), "
+        f"{m.name} {np.dtype(dtype).name}{list(shape)} <- {source} ({len(m.hf_names)} tensor(s), "
         f"{megabytes(nbytes)}, {time.perf_counter() - t0:.1f}s)"
     )
 
@@ -95,14 +115,14 @@ def _dtype_name(dtype) -> str:
     return name
 
 
-def _tokenizer_keys(staging: str, output: str) -> tuple:
+def _tokenizer_keys(staging: str, output: str, family: str) -> tuple:
     """(config keys for the tokenizer, its identity) from the copied tokenizer files; ({}, None) without one."""
     main = tokenizer_files.main_file(staging)
     if main is None:
         return {}, None
     from MaxText.input_pipeline import tokenizers  # pylint: disable=import-outside-toplevel
 
-    tok = tokenizers.load_tokenizer(os.path.join(staging, main))
+    tok = tokenizers.load_tokenizer(os.path.join(staging, main), family)
     keys = {"tokenizer_path": os.path.join(output, main), "add_bos": tok.add_bos, "add_eos": tok.add_eos}
     return keys, tok.identity()
 
@@ -133,38 +153,42 @@ def convert(hf_dir: str, output: str, dtype: str | None = None, overwrite: bool 
     hf_dir, output = os.path.abspath(hf_dir), os.path.abspath(output)
     where = os.path.join(hf_dir, "config.json")
     hf = hf_config.read_config(hf_dir)
-    keys = hf_config.to_model_keys(hf, where)
+    keys = hf_mappings.hf_config_to_keys(hf, where)
     try:
         reader = SafetensorsReader(hf_dir)
     except FileNotFoundError as e:
         raise ConfigError(f"{e} (only safetensors checkpoints convert)") from None
-    num_layers = keys["base_num_decoder_layers"]
-    maps = mappings.param_maps(keys)
-    check_tensors(reader, maps, num_layers, keys["logits_via_embedding"], where)
+    cfg = model_config_for(keys)
+    keys["param_scan_axis"] = axis = cfg.param_scan_axis
+    maps = hf_mappings.tensor_maps(keys["decoder_block"], cfg, hf_mappings.detect_names(reader.names()))
+    extra = functools.partial(hf_mappings.is_extra_layer, keys["decoder_block"], cfg)
+    skipped = check_tensors(reader, maps, keys["logits_via_embedding"], where, extra)
     target = DTYPES[dtype] if dtype else None
-    keys["weight_dtype"] = _dtype_name(target or reader.info(maps[0].hf_name).dtype)
+    keys["weight_dtype"] = _dtype_name(target or reader.info(maps[0].hf_names[0]).dtype)
 
     staging = prepare_output(output, overwrite)
     t0 = time.perf_counter()
-    total = sum(int(np.prod(m.stacked_shape(num_layers, 1))) for m in maps)
+    total = sum(int(np.prod(m.stacked_shape(axis))) for m in maps)
     log(
         f"converting {hf_dir} ({hf['model_type']}, {total:,} params, {len(reader.files)} file(s)) -> {output}"
     )
+    if skipped:
+        log(f"skipping {len(skipped)} tensor(s) outside the language model, e.g. {skipped[0]}")
     tree, progress = {}, Progress(len(maps), log)
     for m in maps:
-        leaf_dtype = target or reader.info(m.hf_names(num_layers)[0]).dtype
+        leaf_dtype = target or reader.info(m.hf_names[0]).dtype
         node = tree.setdefault("params", {})
         for key in m.path[:-1]:
             node = node.setdefault(key, {})
         node[m.path[-1]] = orbax_io.LazyArray(
-            m.stacked_shape(num_layers, 1),
+            m.stacked_shape(axis),
             leaf_dtype,
-            functools.partial(_pieces, reader, m, num_layers, leaf_dtype, progress),
+            functools.partial(_pieces, reader, m, axis, leaf_dtype, progress),
         )
     orbax_io.save_streaming(os.path.join(staging, "state"), tree)
 
     copied = tokenizer_files.copy(hf_dir, staging, tokenizer_files.present(hf_dir))
-    tok_keys, identity = _tokenizer_keys(staging, output)
+    tok_keys, identity = _tokenizer_keys(staging, output, keys["decoder_block"])
     keys.update(tok_keys)
     meta = {
         "format_version": checkpointing.FORMAT_VERSION,

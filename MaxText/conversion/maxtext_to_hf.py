@@ -14,12 +14,13 @@ import time
 import numpy as np
 
 from MaxText import paths
-from MaxText.config import ConfigError, load_config
+from MaxText.config import ConfigError, load_config, model_config
 from MaxText.config.checkpoint_overlay import saved_model_keys
 from MaxText.config.derived import MODEL_KEYS
-from MaxText.conversion import hf_config, mappings, orbax_io, tokenizer_files
+from MaxText.conversion import orbax_io, tokenizer_files
 from MaxText.conversion.hf_to_maxtext import DTYPES, Progress, finish_output, megabytes, prepare_output
 from MaxText.conversion.safetensors_io import ShardedWriter
+from MaxText.models import hf_mappings
 from MaxText.training import checkpointing
 
 DEFAULT_SHARD_BYTES = 5 * 2**30
@@ -40,7 +41,7 @@ def step_dir(path: str, step: int | None) -> str:
 
 
 def model_keys(directory: str) -> tuple:
-    """(our model keys with base.yml defaults filled in, scan_layers, full meta) of a checkpoint.
+    """(our model keys with base.yml defaults filled in, its ModelConfig, scan_layers, full meta).
 
     tokenizer_path is "" unless the checkpoint names one (base.yml's default tokenizer is not the model's).
     """
@@ -49,36 +50,36 @@ def model_keys(directory: str) -> tuple:
     cfg = load_config([os.path.join(paths.REPO_ROOT, "configs", "base.yml")], overlay=saved)
     keys = {k: getattr(cfg, k) for k in MODEL_KEYS}
     keys["tokenizer_path"] = keys["tokenizer_path"] if saved.get("tokenizer_path") else ""
-    return keys, bool(meta.get("config", {}).get("scan_layers", True)), meta
+    return keys, model_config(cfg), bool(meta.get("config", {}).get("scan_layers", True)), meta
 
 
-def _layer_source(leaves: dict, m, num_layers: int, scanned: bool):
-    """Where map m's tensors live: ("stacked", path) or ("layers", [path per layer])."""
-    path = ("params",) + m.path
-    if not m.per_layer or scanned:
-        if path not in leaves:
-            raise ConfigError(f"checkpoint lacks parameter {'/'.join(m.path)}")
-        return "stacked", path
-    per_layer = [tuple(f"layers_{i}" if p == "layers" else p for p in path) for i in range(num_layers)]
-    missing = [p for p in per_layer if p not in leaves]
+def _leaf_paths(leaves: dict, m, scanned: bool) -> list:
+    """The checkpoint leaves holding map m: [the stacked (or unstacked) leaf], or one per unit when the run
+    was unscanned (scan_layers=false)."""
+    if not m.stacked or scanned:
+        paths_ = [("params",) + m.path]
+    else:
+        paths_ = [("params",) + m.unscanned_path(u) for u in range(m.units)]
+    missing = [p for p in paths_ if p not in leaves]
     if missing:
         raise ConfigError(f"checkpoint lacks parameter {'/'.join(missing[0][1:])}")
-    return "layers", per_layer
+    return paths_
 
 
-def _per_layer_tensors(state: str, leaves: dict, source, m, num_layers: int, scan_axis: int):
-    """Yields (layer index or None, our per-layer array) for map m, reading one orbax leaf at a time."""
-    kind, where = source
-    if kind == "stacked":
-        stacked = orbax_io.read_leaf(state, leaves[where])
-        if not m.per_layer:
-            yield None, stacked
-            return
-        for i in range(num_layers):
-            yield i, np.take(stacked, i, axis=scan_axis)
-    else:
-        for i, path in enumerate(where):
-            yield i, orbax_io.read_leaf(state, leaves[path])
+def _per_layer_tensors(state: str, leaves: dict, paths_: list, m, scan_axis: int, scanned: bool):
+    """Yields (Hugging Face name, our per-layer or per-expert array) for map m, reading one orbax leaf at a
+    time: the stacked leaf, or each unit's leaf of an unscanned run."""
+    if m.stacked and scanned:
+        stacked = orbax_io.read_leaf(state, leaves[paths_[0]])
+        for i, name in enumerate(m.hf_names):
+            yield name, stacked[m.index(i, scan_axis)]
+        return
+    per_leaf = len(m.hf_names) // len(paths_)  # the experts of a unit, or 1
+    for u, path in enumerate(paths_):
+        leaf = orbax_io.read_leaf(state, leaves[path])
+        for i in range(u * per_leaf, (u + 1) * per_leaf):
+            yield m.hf_names[i], leaf[m.index(i, scan_axis, stacked=False)]
+        del leaf
 
 
 def _copy_tokenizer(src: str, keys: dict, output: str) -> list:
@@ -116,37 +117,33 @@ def export(
 ) -> list:
     """Writes the Hugging Face model of a MaxText checkpoint into `output`. Returns the files written."""
     src, output = step_dir(input_path, step), os.path.abspath(output)
-    keys, scanned, meta = model_keys(src)
+    keys, cfg, scanned, meta = model_keys(src)
     state = os.path.join(src, "state")
     leaves = orbax_io.leaf_metadata(state)
-    num_layers, scan_axis = keys["base_num_decoder_layers"], keys["param_scan_axis"]
-    maps = mappings.param_maps(keys)
-    sources = [_layer_source(leaves, m, num_layers, scanned) for m in maps]
+    maps = hf_mappings.tensor_maps(keys["decoder_block"], cfg)
+    sources = [_leaf_paths(leaves, m, scanned) for m in maps]
     target = DTYPES[dtype] if dtype else None
-    dtypes = [target or leaves[s[1] if s[0] == "stacked" else s[1][0]].dtype for s in sources]
-    model_dtype = np.dtype(dtypes[0]).name
+    dtypes = [target or leaves[p[0]].dtype for p in sources]
     source_hf = (meta.get("source") or {}).get("hf_config")
-    config = hf_config.to_hf_config(keys, source_hf, model_dtype, _token_ids(keys))
+    config = hf_mappings.keys_to_hf_config(keys, source_hf, np.dtype(dtypes[0]).name, _token_ids(keys))
 
     staging = prepare_output(output, overwrite)
-    entries = []  # file order: embeddings, then layer by layer, then the final norm and head
-    for layer in [None] + list(range(num_layers)):
-        for m, dt in zip(maps, dtypes):
-            if m.per_layer == (layer is not None):
-                entries.append((m.hf_name.format(i=layer), m.hf_shape, dt))
+    entries = [(name, m.hf_shape, dt) for m, dt in zip(maps, dtypes) for name in m.hf_names]
+    entries.sort(key=lambda e: hf_mappings.file_order(e[0]))
     writer = ShardedWriter(staging, entries, max_shard_bytes)
     t0 = time.perf_counter()
     log(f"exporting {src} ({config['model_type']}, {len(entries)} tensors) -> {output}")
     progress = Progress(len(maps), log)
-    for m, source, dt in zip(maps, sources, dtypes):
+    for m, paths_, dt in zip(maps, sources, dtypes):
         t1, nbytes = time.perf_counter(), 0
-        for i, array in _per_layer_tensors(state, leaves, source, m, num_layers, scan_axis):
+        for name, array in _per_layer_tensors(state, leaves, paths_, m, cfg.param_scan_axis, scanned):
             tensor = m.to_hf(array).astype(dt)
-            writer.write(m.hf_name.format(i=i), tensor)
+            writer.write(name, tensor)
             nbytes += tensor.nbytes
+        target_names = m.hf_names[0] if len(m.hf_names) == 1 else f"{m.hf_names[0]} .. {m.hf_names[-1]}"
         progress(
-            f"{m.name} -> {m.hf_name} "
-            f"({num_layers if m.per_layer else 1} tensor(s), {megabytes(nbytes)}, {time.perf_counter() - t1:.1f}s)"
+            f"{m.name} -> {target_names} "
+            f"({len(m.hf_names)} tensor(s), {megabytes(nbytes)}, {time.perf_counter() - t1:.1f}s)"
         )
     files = writer.close()
     with open(os.path.join(staging, "config.json"), "w", encoding="utf-8") as f:

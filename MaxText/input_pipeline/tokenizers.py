@@ -10,7 +10,10 @@ Contract shared by every tokenizer:
   token_byte_lengths() -> int32[vocab_size]
                                  UTF-8 bytes each id contributes to decoded text, so that
                                  bits/byte = sum(nats of targets) / ln(2) / sum(token_byte_lengths[targets]).
-  add_bos / add_eos              the family's default: whether its Hugging Face tokenizer adds BOS / EOS.
+  add_bos / add_eos              whether encode_with_special_tokens adds BOS / EOS by default: as the tokenizer
+                                 files state (tokenizer_config.json add_bos_token, else what a tokenizer.json's
+                                 post-processor adds), else the model family's default (FAMILY_BOS_EOS, for
+                                 `load_tokenizer(path, family=decoder_block)`), else BOS when there is one.
   encode_with_special_tokens(text, add_bos=None, add_eos=None)
                                  encode plus BOS/EOS; None follows the family default, a bool overrides it.
 
@@ -34,15 +37,30 @@ import numpy as np
 
 from MaxText.input_pipeline import builtin_corpus
 
+# decoder_block -> (add_bos, add_eos) of the family's released tokenizers, for tokenizer files that do not
+# say (a bare SentencePiece or tiktoken file): Llama, Mistral and Gemma prepend BOS; Qwen 3 adds neither;
+# GPT-3 (no released tokenizer) adds neither. No family appends EOS when encoding a prompt.
+FAMILY_BOS_EOS = {
+    "llama2": (True, False),
+    "mistral": (True, False),
+    "gemma": (True, False),
+    "gemma2": (True, False),
+    "gemma3": (True, False),
+    "qwen3": (False, False),
+    "gpt3": (False, False),
+}
+
 
 class Tokenizer(abc.ABC):
     """Base class: text <-> ids for one vocabulary loaded from one model file."""
 
     type_name: str = "abstract"
 
-    def __init__(self, path: str):
-        self.path = path
+    def __init__(self, path: str, family: str | None = None):
+        self.path, self.family = path, family
         self._identity: dict | None = None
+        # (add_bos, add_eos) as the tokenizer files state them; None where they are silent.
+        self._stated: tuple = (None, None)
 
     @property
     @abc.abstractmethod
@@ -80,15 +98,23 @@ class Tokenizer(abc.ABC):
         """`encode` over many texts; subclasses may parallelise."""
         return [self.encode(t) for t in texts]
 
+    def _default(self, k: int, token_id: int, generic: bool) -> bool:
+        stated = self._stated[k]
+        if stated is None:
+            family = FAMILY_BOS_EOS.get(self.family)
+            stated = family[k] if family else generic
+        return bool(stated) and token_id >= 0
+
     @property
     def add_bos(self) -> bool:
-        """Whether this family prepends BOS by default (SentencePiece/Llama convention: when it has one)."""
-        return self.bos_id >= 0
+        """Whether BOS is prepended by default: as the files state, else the family's default, else when the
+        tokenizer has a BOS (the SentencePiece/Llama convention)."""
+        return self._default(0, self.bos_id, True)
 
     @property
     def add_eos(self) -> bool:
-        """Whether this family appends EOS by default."""
-        return False
+        """Whether EOS is appended by default: as the files state, else the family's default, else not."""
+        return self._default(1, self.eos_id, False)
 
     def encode_with_special_tokens(self, text: str, add_bos: bool | None = None, add_eos: bool | None = None):
         """Ids of `text` with BOS/EOS as the family adds them; a bool add_bos/add_eos overrides the default."""
@@ -125,11 +151,13 @@ class SentencePieceTokenizer(Tokenizer):
 
     type_name = "sentencepiece"
 
-    def __init__(self, path: str):
-        super().__init__(path)
+    def __init__(self, path: str, family: str | None = None):
+        super().__init__(path, family)
         import sentencepiece as spm  # pylint: disable=import-outside-toplevel
 
         self._sp = spm.SentencePieceProcessor(model_file=path)
+        config = _special_token_config(os.path.dirname(path))
+        self._stated = (config.get("add_bos_token"), config.get("add_eos_token"))
         self._byte_lengths: np.ndarray | None = None
 
     @property
@@ -238,8 +266,8 @@ class HuggingFaceTokenizer(Tokenizer):
 
     type_name = "huggingface"
 
-    def __init__(self, path: str):
-        super().__init__(path)
+    def __init__(self, path: str, family: str | None = None):
+        super().__init__(path, family)
         from tokenizers import Tokenizer as RustTokenizer  # pylint: disable=import-outside-toplevel
 
         self._tok = RustTokenizer.from_file(path)
@@ -249,8 +277,10 @@ class HuggingFaceTokenizer(Tokenizer):
         self._ids = _special_ids(config, self._tok.token_to_id)
         plain = self._tok.encode("a", add_special_tokens=False).ids
         full = self._tok.encode("a", add_special_tokens=True).ids
-        self._add_bos = bool(config.get("add_bos_token", full[:1] == [self._ids["bos"]] != plain[:1]))
-        self._add_eos = bool(config.get("add_eos_token", full[-1:] == [self._ids["eos"]] != plain[-1:]))
+        self._stated = (
+            bool(config.get("add_bos_token", full[:1] == [self._ids["bos"]] != plain[:1])),
+            bool(config.get("add_eos_token", full[-1:] == [self._ids["eos"]] != plain[-1:])),
+        )
         self._vocab_size = max(self._tok.get_vocab(with_added_tokens=True).values()) + 1
         self._byte_lengths: np.ndarray | None = None
 
@@ -269,14 +299,6 @@ class HuggingFaceTokenizer(Tokenizer):
     @property
     def pad_id(self) -> int:
         return self._ids["pad"]
-
-    @property
-    def add_bos(self) -> bool:
-        return self._add_bos and self.bos_id >= 0
-
-    @property
-    def add_eos(self) -> bool:
-        return self._add_eos and self.eos_id >= 0
 
     def encode(self, text: str) -> list[int]:
         return list(self._tok.encode(text, add_special_tokens=False).ids)
@@ -347,8 +369,8 @@ class TiktokenTokenizer(Tokenizer):
 
     type_name = "tiktoken"
 
-    def __init__(self, path: str):
-        super().__init__(path)
+    def __init__(self, path: str, family: str | None = None):
+        super().__init__(path, family)
         import tiktoken  # pylint: disable=import-outside-toplevel
 
         ranks = read_tiktoken_ranks(path)
@@ -372,8 +394,7 @@ class TiktokenTokenizer(Tokenizer):
         )
         self._specials = set(specials.values())
         self._ids = _special_ids(config, specials.get)
-        self._add_bos = bool(config.get("add_bos_token", True))
-        self._add_eos = bool(config.get("add_eos_token", False))
+        self._stated = (config.get("add_bos_token"), config.get("add_eos_token"))
         self._byte_lengths: np.ndarray | None = None
 
     @property
@@ -391,14 +412,6 @@ class TiktokenTokenizer(Tokenizer):
     @property
     def pad_id(self) -> int:
         return self._ids["pad"]
-
-    @property
-    def add_bos(self) -> bool:
-        return self._add_bos and self.bos_id >= 0
-
-    @property
-    def add_eos(self) -> bool:
-        return self._add_eos and self.eos_id >= 0
 
     def encode(self, text: str) -> list[int]:
         return self._enc.encode(text, allowed_special="all")
@@ -454,19 +467,21 @@ _LOADERS: tuple[tuple[Callable[[str], bool], type[Tokenizer]], ...] = (
 
 
 @functools.lru_cache(maxsize=8)
-def _load_cached(path: str, mtime_ns: int) -> Tokenizer:
+def _load_cached(path: str, mtime_ns: int, family: str | None) -> Tokenizer:
     del mtime_ns  # cache key only: a rewritten file is reloaded
     for matches, cls in _LOADERS:
         if matches(path):
-            return cls(path)
+            return cls(path, family)
     raise ValueError(
         f"tokenizer_path {path!r}: unknown tokenizer format (expected a SentencePiece '.model', a Hugging Face "
         "'tokenizer.json' or tiktoken ranks ('.tiktoken', or a '.model' of 'base64 rank' lines))"
     )
 
 
-def load_tokenizer(path: str) -> Tokenizer:
+def load_tokenizer(path: str, family: str | None = None) -> Tokenizer:
     """Loads the tokenizer stored at `path` (cached per process; a changed file is reloaded).
+
+    family: the model's decoder_block, whose BOS/EOS defaults apply where the tokenizer files are silent.
 
     Raises:
       ValueError: empty path or unrecognised format. FileNotFoundError: no such file.
@@ -476,4 +491,4 @@ def load_tokenizer(path: str) -> Tokenizer:
     path = os.path.abspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"tokenizer_path {path!r} does not exist")
-    return _load_cached(path, os.stat(path).st_mtime_ns)
+    return _load_cached(path, os.stat(path).st_mtime_ns, family)

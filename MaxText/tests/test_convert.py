@@ -38,8 +38,8 @@ def read_params(ckpt) -> dict:
     return {p: orbax_io.read_leaf(state, leaf) for p, leaf in orbax_io.leaf_metadata(state).items()}
 
 
-@pytest.fixture(scope="module")
-def tied(tmp_path_factory):
+@pytest.fixture(scope="module", name="tied")
+def tied_fixture(tmp_path_factory):
     """A Llama-2-style model with tied embeddings (no lm_head tensor), converted through the CLI."""
     root = tmp_path_factory.mktemp("tied")
     hf = make_hf_model("llama2_tied", root / "hf")

@@ -9,6 +9,7 @@ import pytest
 
 from MaxText.input_pipeline import BUILTIN_TOKENIZER_PATH
 from MaxText.input_pipeline.tokenizers import (
+    FAMILY_BOS_EOS,
     HuggingFaceTokenizer,
     SentencePieceTokenizer,
     TiktokenTokenizer,
@@ -106,3 +107,22 @@ def test_sentencepiece_defaults_and_dispatch(tmp_path):
     with pytest.raises(ValueError, match="unknown tokenizer format"):
         load_tokenizer(str(other))
     assert np.asarray(tok.token_byte_lengths()).dtype == np.int32
+
+
+def test_family_bos_eos_defaults_apply_where_the_files_are_silent(hf_dir, tmp_path):
+    """Per family: a bare SentencePiece or tiktoken file follows the family (Qwen 3 adds no BOS, Llama and
+    Gemma do); what tokenizer files state (a tokenizer.json's post-processor) wins over the family."""
+    pytest.importorskip("tiktoken")
+    _write_ranks(tmp_path / "vocab.tiktoken")
+    for family, (bos, eos) in FAMILY_BOS_EOS.items():
+        for path in (BUILTIN_TOKENIZER_PATH, str(tmp_path / "vocab.tiktoken")):
+            tok = load_tokenizer(path, family)
+            assert (tok.add_bos, tok.add_eos) == (bos, eos), (family, path)
+            assert tok.encode_with_special_tokens("to", add_bos=True, add_eos=True) == (
+                [tok.bos_id] + tok.encode("to") + [tok.eos_id]
+            )
+            assert tok.encode_with_special_tokens("to", add_bos=False) == tok.encode("to") + (
+                [tok.eos_id] if eos else []
+            )
+        assert (load_tokenizer(str(hf_dir / "tokenizer.json"), family).add_bos, family) == (True, family)
+    assert FAMILY_BOS_EOS["qwen3"] == (False, False) and FAMILY_BOS_EOS["gemma3"] == (True, False)
