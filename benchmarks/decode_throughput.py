@@ -26,7 +26,7 @@ import time
 
 import numpy as np
 
-from results_io import write_record
+from results_io import publish
 from train_throughput import DEFAULT_CONFIG, PRESETS, REPO_ROOT, overrides_dict, set_environment
 
 
@@ -231,10 +231,7 @@ def main(argv) -> int:
     length = f"max_target_length={args.prompt + args.new}"
     cfg = exit_on_config_error(load_config)([args.config] + preset + [length] + list(args.overrides))
     result = run_all(args, cfg)
-    name = args.preset or os.path.splitext(os.path.basename(args.config))[0]
-    out = write_record(result, args.out, f"decode_throughput_{name}")
-    print(summary(result))
-    print(f"wrote {out}")
+    publish(result, args, "decode_throughput", summary(result))
     return 0
 
 

@@ -14,3 +14,13 @@ def write_record(record: dict, out: str | None, prefix: str) -> str:
     with open(out, "w", encoding="utf-8") as f:
         json.dump(record, f, indent=2)
     return out
+
+
+def publish(record: dict, args, kind: str, summary: str) -> str:
+    """Writes a config-driven benchmark's record (named after --preset or the config file), prints its
+    summary and the path; returns the path."""
+    name = args.preset or os.path.splitext(os.path.basename(args.config))[0]
+    out = write_record(record, args.out, f"{kind}_{name}")
+    print(summary)
+    print(f"wrote {out}")
+    return out

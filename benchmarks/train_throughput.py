@@ -28,7 +28,7 @@ import statistics
 import sys
 import time
 
-from results_io import write_record
+from results_io import publish
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "base.yml")
@@ -276,10 +276,7 @@ def main(argv) -> int:
     preset = list(PRESETS[args.preset]) if args.preset else []
     cfg = exit_on_config_error(load_config)([args.config] + preset + list(args.overrides))
     result = exit_on_config_error(run)(args, cfg, xla_flags, host_malloc)
-    name = args.preset or os.path.splitext(os.path.basename(args.config))[0]
-    out = write_record(result, args.out, f"train_throughput_{name}")
-    print(summary(result))
-    print(f"wrote {out}")
+    publish(result, args, "train_throughput", summary(result))
     return 0
 
 

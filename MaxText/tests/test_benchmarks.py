@@ -19,6 +19,19 @@ def _env_without_device_count():
     return env
 
 
+def _run(cmd, timeout: int):
+    """Runs a benchmark script from the repo root on one CPU device; bounded in time."""
+    return subprocess.run(
+        cmd,
+        cwd=paths.REPO_ROOT,
+        env=_env_without_device_count(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def test_train_throughput_writes_json(tmp_path):
     out = tmp_path / "result.json"
     cmd = [
@@ -26,15 +39,7 @@ def test_train_throughput_writes_json(tmp_path):
         "dataset_type=synthetic", "peak_tflops_per_device=0.5", "--steps", "2", "--warmup", "1",
         "--out", str(out),
     ]  # fmt: skip
-    proc = subprocess.run(
-        cmd,
-        cwd=paths.REPO_ROOT,
-        env=_env_without_device_count(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = _run(cmd, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "tokens/s" in proc.stdout and "MFU" in proc.stdout
     r = json.loads(out.read_text())
@@ -54,15 +59,7 @@ def test_train_throughput_writes_json(tmp_path):
 
 def test_train_throughput_rejects_unknown_key(tmp_path):
     cmd = [sys.executable, SCRIPT, "no_such_key=1", "--out", str(tmp_path / "x.json")]
-    proc = subprocess.run(
-        cmd,
-        cwd=paths.REPO_ROOT,
-        env=_env_without_device_count(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = _run(cmd, timeout=60)
     assert proc.returncode == 2
     assert "no_such_key" in proc.stderr
     assert not (tmp_path / "x.json").exists()
@@ -73,10 +70,7 @@ def test_moe_throughput_writes_json(tmp_path):
     script = os.path.join(paths.REPO_ROOT, "benchmarks", "moe_throughput.py")
     cmd = [sys.executable, script, "--tokens", "64", "--dim", "16", "--expert-dim", "32", "--experts", "4",
            "--repeats", "1", "--out", str(out)]  # fmt: skip
-    proc = subprocess.run(
-        cmd, cwd=paths.REPO_ROOT, env=_env_without_device_count(), capture_output=True, text=True, timeout=120,
-        check=False,
-    )  # fmt: skip
+    proc = _run(cmd, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(out.read_text())
     assert set(r["results"]) == {"dropless", "capacity", "dense_loop"}

@@ -1,6 +1,7 @@
 """User datasets (grain ArrayRecord/Parquet, Hugging Face, TFDS): reading, mixtures, packing, resume, errors."""
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -238,19 +239,15 @@ def test_bad_input_gets_one_clear_message(files, tmp_path):
         make_train_iterator(fx.data_config("grain", data_files=mixture))
 
 
-def test_tfrecord_tfds_without_tensorflow_says_so(tmp_path):
-    try:
-        import tensorflow  # pylint: disable=import-outside-toplevel,unused-import
-
-        pytest.skip("TensorFlow is installed: tfrecord datasets are readable")
-    except ImportError:
-        pass
+def test_tfrecord_tfds_without_tensorflow_says_so(tmp_path, monkeypatch):
     name = fx.write_tfds(str(tmp_path), "array_record")
     info = tmp_path / "maxtext_tiny_text" / "1.0.0" / "dataset_info.json"
     meta = json.loads(info.read_text())
     meta["fileFormat"] = "tfrecord"  # what a TensorFlow-written dataset records
     info.write_text(json.dumps(meta))
     cfg = fx.data_config("tfds", dataset_name=name, dataset_path=str(tmp_path))
+    # A None entry makes `import tensorflow` fail, so this runs the same whether or not TensorFlow is installed.
+    monkeypatch.setitem(sys.modules, "tensorflow", None)
     with pytest.raises(DataError, match="stored as tfrecord, which needs TensorFlow"):
         make_train_iterator(cfg)
 

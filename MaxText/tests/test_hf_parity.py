@@ -95,6 +95,10 @@ PARITY_FAMILIES = ["llama2", "llama3", "mistral", "gemma", "gemma2", "gemma3", "
 FEATURE_OFF = {
     "llama3": {"rope_parameters": {"rope_type": "default", "rope_theta": 500000.0}},
     "mistral": {"sliding_window": None},
+    "mixtral": {"sliding_window": None},
+    "qwen3_moe": {"norm_topk_prob": False},
+    "deepseek2": {"routed_scaling_factor": 1.0},
+    "deepseek3": {"routed_scaling_factor": 1.0},
     "gemma2": {"sliding_window": 256, "attn_logit_softcapping": None, "final_logit_softcapping": None},
     "gemma3": {
         "rope_parameters": {**GEMMA3_ROPE, "full_attention": {"rope_type": "default", "rope_theta": 1000.0}}
@@ -201,9 +205,19 @@ class Case:
         self.hf_logits = hf_logits(self.hf, self.ids)
 
 
+_CASES = {}
+
+
+def get_case(family: str, tmp_path_factory) -> Case:
+    """One Case per family for the whole module (tiny models; building one is the expensive part)."""
+    if family not in _CASES:
+        _CASES[family] = Case(family, tmp_path_factory.mktemp(family))
+    return _CASES[family]
+
+
 @pytest.fixture(scope="module", params=PARITY_FAMILIES, name="case")
 def case_fixture(request, tmp_path_factory):
-    return Case(request.param, tmp_path_factory.mktemp(request.param))
+    return get_case(request.param, tmp_path_factory)
 
 
 def test_logits_match_hf(case):
@@ -229,9 +243,12 @@ def test_api_loads_the_hugging_face_directory_itself(case):
     assert direct.tokenizer.decode(direct.tokenizer.encode(text)) == text
 
 
-def test_inputs_exercise_the_family_feature(case):
-    if case.family not in FEATURE_OFF:
-        pytest.skip("no special feature beyond the shared ones")
+@pytest.mark.parametrize("family", list(FEATURE_OFF))
+def test_inputs_exercise_the_family_feature(family, tmp_path_factory):
+    """Switching the family's special feature off changes transformers' logits on the test inputs, so the
+    parity tests above really compare that feature. llama2 (the plain baseline), gemma and qwen3 have no
+    config switch for theirs (Gemma's 1 + w norms and sqrt(D) embedding scale, Qwen 3's qk-norm)."""
+    case = get_case(family, tmp_path_factory)
     hf_cls = type(case.hf)
     plain = hf_cls(hf_config(case.family, **FEATURE_OFF[case.family])).eval()
     plain.load_state_dict(case.hf.state_dict())

@@ -220,21 +220,25 @@ def test_trains_with_the_load_balance_loss_logged(family):
     s = trainer.build(cfg, jax.devices()[:1])
     p_train, _ = trainer.compile_steps(s)
     batch = next(input_pipeline.make_train_iterator(trainer.data_config(cfg, s.global_batch)))
-    losses = []
+    losses, logged_lb = [], []
     with mesh_lib.activate(s.mesh, s.rules):
         state = init_state(s.model, s.tx, cfg.init_weights_seed, s.shardings)
+        # Before the first step donates the state: the model's own loss on this batch's real tokens.
+        want_lb = _lb_loss(s.model, state.params, batch)
         for _ in range(3):
             state, metrics = p_train(state, trainer.to_device(s, batch))
             losses.append(float(metrics["loss"]))
+            logged_lb.append(float(metrics["moe_lb_loss"]))
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0], losses
-    assert 1.0 <= float(metrics["moe_lb_loss"]) < 2.0  # E x sum f P: 1 when balanced, a random router is near
+    # The step reports the per-token mean of what the layers sowed, from the params it was given.
+    np.testing.assert_allclose(logged_lb[0], want_lb, rtol=1e-5)
     record = trainer._step_record(s, 3, metrics, 1.0, 32.0)  # pylint: disable=protected-access
     line = step_line(record, 3, 0.0)
     assert "moe_lb " in line
 
 
 def test_loss_adds_the_weighted_load_balance_loss_over_real_tokens():
-    *_, model, params, _ = hf_case("mixtral")
+    hf, *_, model, params, _ = hf_case("mixtral")
     ids = jnp.asarray(_ids(3, (2, 16)))
     seg = jnp.ones_like(ids).at[1, 12:].set(0)  # trailing padding: no loss, no routing statistics
 
@@ -252,18 +256,46 @@ def test_loss_adds_the_weighted_load_balance_loss_over_real_tokens():
     s1 = sums(params, ids)
     assert float(s1["tokens"]) == 28
     np.testing.assert_allclose(float(s1["loss"] - s1["ce"]), 0.5 * float(s1["moe_lb_loss"]), rtol=1e-5)
-    assert 1.0 <= float(s1["moe_lb_loss"]) / 28 < 2.0
+    # Against transformers' own router logits: padding must not count, as _reference_lb_loss excludes it.
+    np.testing.assert_allclose(float(s1["moe_lb_loss"]) / 28, _reference_lb_loss(hf, ids, seg, 2), rtol=1e-5)
     s2 = sums(params, ids.at[1, 12:].set(ids[1, 12:] + 1))  # other padding tokens route elsewhere
     np.testing.assert_allclose(float(s2["moe_lb_loss"]), float(s1["moe_lb_loss"]), rtol=1e-6)
 
 
-def _lb_loss(model, params):
-    ids = jnp.asarray(_ids())
-    positions = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
+def _lb_loss(model, params, batch=None):
+    """The load-balance loss our model sows for a batch (default: _ids(), no padding)."""
+    if batch is None:
+        ids = jnp.asarray(_ids())
+        batch = dict(
+            inputs=ids,
+            inputs_position=jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape),
+            inputs_segmentation=jnp.ones_like(ids),
+        )
     _, variables = model.apply(
-        {"params": params}, ids, positions, jnp.ones_like(ids), "train", mutable=["intermediates"]
+        {"params": params},
+        jnp.asarray(batch["inputs"]),
+        jnp.asarray(batch["inputs_position"]),
+        jnp.asarray(batch["inputs_segmentation"]),
+        "train",
+        mutable=["intermediates"],
     )
     return float(moe_load_balance_loss(variables["intermediates"]))
+
+
+def _reference_lb_loss(hf, ids, token_mask, top_k: int) -> float:
+    """Switch loss E x sum_e f_e P_e per MoE layer from transformers' router logits over the real tokens
+    (f_e: share of the top-k assignments to e, P_e: mean softmax probability of e), mean over layers."""
+    with torch.no_grad():
+        out = hf(torch.tensor(np.array(ids)), output_router_logits=True)
+    real = np.asarray(token_mask, bool).reshape(-1)
+    losses = []
+    for logits in out.router_logits:
+        probs = torch.softmax(logits.float(), dim=-1).numpy()[real]
+        chosen = np.argsort(-probs, axis=-1)[:, :top_k]
+        num_experts = probs.shape[-1]
+        share = np.bincount(chosen.ravel(), minlength=num_experts) / chosen.size
+        losses.append(num_experts * np.sum(share * probs.mean(axis=0)))
+    return float(np.mean(losses))
 
 
 def test_unscanned_dense_and_moe_stacks_match_scanned():
