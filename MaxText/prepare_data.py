@@ -36,7 +36,7 @@ def read_texts(path: str, column: str) -> list[str]:
     """The documents of one input file (see the module docstring for the formats)."""
     try:
         if path.endswith(".parquet"):
-            return [r[column] for r in sources.read_parquet_column([path], column, "--input")]
+            return sources.read_parquet_column([path], column, "--input")
         with open(path, encoding="utf-8") as f:
             lines = [line for line in f if line.strip()]
         if path.endswith((".jsonl", ".json")):

@@ -3,12 +3,14 @@
 Public interface (see `pipeline` for the batch contract):
   DataConfig, make_train_iterator(cfg, process_index, process_count) -> TrainIterator,
   make_eval_batches(cfg, num_batches, process_index, process_count) -> list[batch],
+  merge_states(per-host states) -> the state to save,
   Tokenizer, SentencePieceTokenizer, load_tokenizer(path),
   BUILTIN_CORPUS_PATH, BUILTIN_TOKENIZER_PATH, BATCH_KEYS.
 """
 
 from MaxText.input_pipeline.builtin_corpus import BUILTIN_CORPUS_PATH, BUILTIN_TOKENIZER_PATH
 from MaxText.input_pipeline.iterators import TrainIterator
+from MaxText.input_pipeline.lanes import merge_states
 from MaxText.input_pipeline.packing import BATCH_KEYS
 from MaxText.input_pipeline.pipeline import DataConfig, make_eval_batches, make_train_iterator
 from MaxText.input_pipeline.tokenizers import SentencePieceTokenizer, Tokenizer, load_tokenizer
@@ -24,4 +26,5 @@ __all__ = [
     "load_tokenizer",
     "make_eval_batches",
     "make_train_iterator",
+    "merge_states",
 ]

@@ -26,6 +26,8 @@ import gzip
 import hashlib
 import os
 
+import numpy as np
+
 from MaxText import paths
 
 BUILTIN_CORPUS_PATH = os.path.join(paths.REPO_ROOT, "assets", "shakespeare", "shakespeare.txt.gz")
@@ -86,21 +88,40 @@ def document_hash_fraction(text: str | bytes) -> float:
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
-def split_train_eval(docs: list[str], eval_fraction: float) -> tuple[list[int], list[int]]:
+def split_train_eval(docs: list[str], eval_fraction: float) -> tuple[np.ndarray, np.ndarray]:
     """(train indices in corpus order, eval indices in increasing hash order); see the module docstring."""
     if not 0.0 <= eval_fraction < 1.0:
         raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
-    return split_by_keys([document_hash_fraction(d) for d in docs], eval_fraction)
+    return split_by_keys(np.array([document_hash_fraction(d) for d in docs]), eval_fraction)
 
 
-def split_by_keys(keys: list[float], eval_fraction: float) -> tuple[list[int], list[int]]:
-    """The split rule of `split_train_eval`, given each document's hash fraction in [0, 1)."""
-    eval_set = {i for i, k in enumerate(keys) if k < eval_fraction}
-    if eval_fraction > 0 and not eval_set and keys:
-        eval_set = {min(range(len(keys)), key=keys.__getitem__)}
-    train = [i for i in range(len(keys)) if i not in eval_set]
-    evals = sorted(eval_set, key=keys.__getitem__)
-    return train, evals
+def split_by_keys(keys: np.ndarray, eval_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """The split rule of `split_train_eval`, given each document's hash fraction in [0, 1).
+
+    Returns int64 index arrays (train ascending, eval by increasing key).
+    """
+    keys = np.asarray(keys, dtype=np.float64)
+    held_out = keys < eval_fraction
+    if eval_fraction > 0 and not held_out.any() and keys.size:
+        held_out[np.argmin(keys)] = True
+    evals = np.flatnonzero(held_out)
+    evals = evals[np.argsort(keys[evals], kind="stable")]
+    return np.flatnonzero(~held_out), evals
+
+
+def index_hash_fractions(source_ordinal: int, num_records: int) -> np.ndarray:
+    """A stable pseudo-random number in [0, 1) per record index of one source, without reading the records.
+
+    splitmix64 of (source_ordinal << 40 | index): lets every host know the held-out split of data it never
+    reads (the user-data rule; the builtin corpus hashes its text, which every host holds).
+    """
+    x = (np.uint64(source_ordinal) << np.uint64(40)) + np.arange(num_records, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return (x >> np.uint64(11)).astype(np.float64) / 2.0**53
 
 
 def load_documents(path: str = BUILTIN_CORPUS_PATH) -> tuple[str, ...]:

@@ -1,28 +1,18 @@
-"""Checkpointable batch iterators over a global stream of rows, and per-host slicing of that stream.
+"""Checkpointable batch iterators, per-host row ranges, and packed rows of tokenized documents per epoch.
 
-The global row stream is a function of the data (tokenized documents), max_target_length, packing and the
-shuffle seed only: not of the batch size nor of the host count. A global batch is the next
-`global_batch_size` rows of the stream (batches run on across epoch ends, so no row is dropped) and host i
-of P keeps rows [i*B/P, (i+1)*B/P) of it. A run resumed with another host count or batch size therefore
-continues the same stream.
-
-Epoch e visits every piece once, in the order given by grain's index shuffle (the permutation behind
-`grain.MapDataset.shuffle`) under a 32-bit seed derived from (data_shuffle_seed, e); the pieces are then
-packed (see `packing`). Only the position (epoch, row) needs to be saved: the layout of an epoch is
-recomputed from the seed in milliseconds when needed.
+`PackedRowSource` turns a set of tokenized documents into rows: epoch e visits every piece once, in a random
+order drawn from (seed, e) (`epoch_order`), and packs them (see `packing`). A row is addressed by (epoch, row): the layout of an epoch is
+recomputed from the seed in milliseconds when needed, so only that position needs saving. `lanes` builds one
+such source per row of the global batch.
 """
 
 import abc
 import functools
 import hashlib
-import json
 
 import numpy as np
-from grain import experimental as grain_experimental
 
 from MaxText.input_pipeline import packing
-
-_SHUFFLE_ROUNDS = 4  # the value grain.MapDataset.shuffle uses
 
 
 class TrainIterator(abc.ABC):
@@ -69,21 +59,15 @@ def host_row_range(global_batch_size: int, process_index: int, process_count: in
     return process_index * per_host, (process_index + 1) * per_host
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=64)
 def epoch_order(num_pieces: int, seed: int, epoch: int) -> np.ndarray:
     """The piece order of `epoch`: a permutation of range(num_pieces), a pure function of the arguments.
 
-    Cached (read-only result): grain's index_shuffle costs ~0.1 ms per index on CPU, and a mixture asks for
-    the same source epoch from consecutive mixed epochs.
+    numpy's PCG64 permutation under SeedSequence([seed, epoch]). (grain's index_shuffle, used before lanes,
+    costs 0.1 ms per index on large ranges and ~20 ms per index on the small ranges of a lane.) Cached
+    (read-only result): a mixture asks for the same source epoch from consecutive mixed epochs.
     """
-    if num_pieces <= 1:
-        return np.arange(num_pieces, dtype=np.int64)
-    epoch_seed = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
-    shuffle = grain_experimental.index_shuffle
-    last = num_pieces - 1
-    order = np.fromiter(
-        (shuffle(i, last, epoch_seed, _SHUFFLE_ROUNDS) for i in range(num_pieces)), np.int64, num_pieces
-    )
+    order = np.random.default_rng(np.random.SeedSequence([seed, epoch])).permutation(num_pieces)
     order.flags.writeable = False
     return order
 
@@ -186,74 +170,3 @@ class PackedRowSource:  # pylint: disable=too-many-instance-attributes
         for k, (layout, r) in enumerate(rows):
             packing.fill_row(batch, k, *layout.row(r), self.docs.tokens)
         return batch
-
-
-class PackedTrainIterator(TrainIterator):
-    """Train iterator over a `PackedRowSource`; state {"epoch", "row", + stream identity fields}."""
-
-    def __init__(
-        self,
-        source: PackedRowSource,
-        global_batch_size: int,
-        process_index: int = 0,
-        process_count: int = 1,
-        identity: dict | None = None,
-    ):
-        self._source = source
-        self._batch = global_batch_size
-        self._lo, self._hi = host_row_range(global_batch_size, process_index, process_count)
-        # Fields that define the row stream; set_state refuses a state taken from a different stream.
-        self._identity = {
-            "max_target_length": source.max_target_length,
-            "packing": source.packing,
-            "packing_type": source.packing_type,
-            "mixture": [list(m) for m in source.mixture] if source.mixture else None,
-            "data_shuffle_seed": source.seed,
-            "docs_sha256": docs_fingerprint(source.docs),
-            **(identity or {}),
-        }
-        json.dumps(self._identity)  # fail early, not at checkpoint time
-        self._epoch = 0
-        self._row = 0
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        wanted: list[tuple[packing.RowLayout, int]] = []
-        epoch, row, position = self._epoch, self._row, 0
-        while position < self._batch:
-            layout = self._source.layout(epoch)
-            take = min(self._batch - position, layout.num_rows - row)
-            for p in range(max(position, self._lo), min(position + take, self._hi)):
-                wanted.append((layout, row + p - position))
-            position += take
-            row += take
-            if row == layout.num_rows:
-                epoch, row = epoch + 1, 0
-        self._epoch, self._row = epoch, row
-        return self._source.materialize(wanted)
-
-    def get_state(self) -> dict:
-        return {"epoch": self._epoch, "row": self._row, **self._identity}
-
-    def set_state(self, state: dict) -> None:
-        check_identity(self._identity, state)
-        epoch, row = int(state["epoch"]), int(state["row"])
-        if epoch < 0 or not 0 <= row < self._source.layout(epoch).num_rows:
-            raise ValueError(f"data iterator state out of range: epoch {epoch}, row {row}")
-        self._epoch, self._row = epoch, row
-
-
-def eval_batches_from_source(
-    source: PackedRowSource,
-    global_batch_size: int,
-    num_batches: int,
-    process_index: int = 0,
-    process_count: int = 1,
-) -> list[dict[str, np.ndarray]]:
-    """`num_batches` batches of the unshuffled rows, cycling back to the first row when they run out."""
-    lo, hi = host_row_range(global_batch_size, process_index, process_count)
-    layout = source.unshuffled_layout()
-    batches = []
-    for b in range(num_batches):
-        first = b * global_batch_size
-        batches.append(source.materialize([(layout, (first + p) % layout.num_rows) for p in range(lo, hi)]))
-    return batches

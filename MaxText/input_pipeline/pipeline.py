@@ -1,22 +1,21 @@
 """Entry points the training loop calls: `make_train_iterator` and `make_eval_batches` from a `DataConfig`.
 
 A batch is a dict of int32 numpy arrays [global_batch_size // process_count, max_target_length], this host's
-rows of the global batch (see `iterators`): inputs, inputs_position, inputs_segmentation, targets,
-targets_segmentation. The loss counts positions where targets_segmentation != 0. Row conventions are in
-`packing` (builtin) and `synthetic`.
+rows of the global batch: inputs, inputs_position, inputs_segmentation, targets, targets_segmentation. The
+loss counts positions where targets_segmentation != 0. Row conventions are in `packing` (documents) and
+`synthetic`.
 
-Built-in data (dataset_type="builtin"): the documents of `builtin_corpus`, tokenized once per process (0.2 s
-of encoding for the 5 MB corpus, under 1 s with reading and splitting, so no disk cache) with BOS/EOS added
-as configured, split into train and eval by document hash. Eval rows are the eval documents in a fixed
-order, packed like train rows but never shuffled; when `num_batches` needs more rows than the eval split has,
-rows repeat from the first one (whole split, then again), so later batches duplicate earlier ones.
+Documents. Built-in data (dataset_type="builtin"): the documents of `builtin_corpus`, split into train and
+eval by a hash of their text. User data (dataset_type="grain" | "hf" | "tfds", read by `sources`): every
+record is one document. The eval split is the configured eval files or split when set; otherwise
+`eval_fraction` of each train source's records is held out by a hash of (source, record index)
+(`builtin_corpus.index_hash_fractions`), which every host knows without reading a record.
 
-User data (dataset_type="grain" | "hf" | "tfds", read by `sources`): every record is one document, encoded
-once per process and held in memory as tokens; rows are then made exactly as for builtin data (shuffled
-epochs of pieces, packed), so resume and host-count changes behave identically for every dataset_type. The
-eval split is the configured eval files or split when set; otherwise `eval_fraction` of the train documents
-is held out by a hash of their token ids (the builtin rule). `hf_streaming` reads a Hugging Face dataset
-sequentially instead (see `streaming`).
+Rows. The split's records are dealt to one lane per row of the global batch (see `lanes`); this host reads
+and tokenizes (with BOS/EOS as configured) only its lanes' records, once per process (cached), and each lane
+packs its own documents. The batches therefore do not depend on the host count, and a state saved by any
+number of hosts resumes on any other. `hf_streaming` reads a Hugging Face dataset sequentially instead (see
+`streaming`).
 """
 
 import dataclasses
@@ -28,6 +27,7 @@ import numpy as np
 from MaxText.input_pipeline import (
     builtin_corpus,
     iterators,
+    lanes,
     packing,
     sources,
     streaming,
@@ -83,17 +83,19 @@ def make_train_iterator(
         )
     if cfg.dataset_type == "hf" and cfg.hf_streaming:
         return streaming.make_streaming(cfg, "train", process_index, process_count)
-    if cfg.dataset_type in USER_TYPES:
-        docs, mixture = user_token_docs(cfg, "train")
-    else:
-        docs, mixture = builtin_token_docs(cfg, "train"), None
-    source = iterators.PackedRowSource(
-        docs, cfg.max_target_length, cfg.packing, cfg.data_shuffle_seed, cfg.packing_type, mixture
-    )
-    identity = {"dataset_type": cfg.dataset_type, "add_bos": cfg.add_bos, "add_eos": cfg.add_eos}
-    return iterators.PackedTrainIterator(
-        source, cfg.global_batch_size, process_index, process_count, identity
-    )
+    parts = split_parts(cfg, "train")
+    identity = {
+        "dataset_type": cfg.dataset_type,
+        "add_bos": cfg.add_bos,
+        "add_eos": cfg.add_eos,
+        "max_target_length": cfg.max_target_length,
+        "packing": cfg.packing,
+        "packing_type": cfg.packing_type,
+        "data_shuffle_seed": cfg.data_shuffle_seed,
+        "records": [[len(p.records), p.weight] for p in parts],  # per source: train records, weight
+    }
+    own = range(*iterators.host_row_range(cfg.global_batch_size, process_index, process_count))
+    return lanes.LaneTrainIterator(lane_sources(cfg, "train", parts, own), cfg.global_batch_size, identity)
 
 
 def make_eval_batches(
@@ -116,17 +118,14 @@ def make_eval_batches(
             )
             for step in range(num_batches)
         ]
-    docs = (
-        user_token_docs(cfg, "eval")[0] if cfg.dataset_type in USER_TYPES else builtin_token_docs(cfg, "eval")
-    )
-    if not docs:
+    if cfg.dataset_type == "hf" and cfg.hf_streaming:
+        stream = streaming.make_streaming(cfg, "eval", process_index, process_count)
+        return [next(stream) for _ in range(num_batches)]
+    parts = split_parts(cfg, "eval")
+    if not any(len(p.records) for p in parts):
         raise ValueError(f"eval_fraction={cfg.eval_fraction} holds out no documents; set it > 0 for eval")
-    source = iterators.PackedRowSource(
-        docs, cfg.max_target_length, cfg.packing, cfg.data_shuffle_seed, cfg.packing_type
-    )
-    return iterators.eval_batches_from_source(
-        source, cfg.global_batch_size, num_batches, process_index, process_count
-    )
+    own = range(*iterators.host_row_range(cfg.global_batch_size, process_index, process_count))
+    return lanes.eval_batches(lane_sources(cfg, "eval", parts, own), num_batches)
 
 
 def corpus_path(cfg: DataConfig) -> str:
@@ -167,55 +166,91 @@ def _validate(cfg: DataConfig, process_index: int, process_count: int) -> None:
                 raise ValueError(f"add_{name}=True but tokenizer {cfg.tokenizer_path} has no {name} id")
 
 
-def builtin_token_docs(cfg: DataConfig, split: str) -> packing.TokenizedDocs:
-    """Token sequences (with BOS/EOS as configured) of the builtin "train" or "eval" documents.
+@dataclasses.dataclass(frozen=True)
+class SplitPart:
+    """One source of a split: its name, mixture weight and the indices of the split's records in it."""
 
-    Useful beyond the iterators, e.g. to count the eval split's tokens or bytes.
-    """
+    name: str  # builtin: "builtin"; grain: the glob; hf / tfds: the split name
+    weight: float
+    records: np.ndarray  # int64 record indices, in the split's order
+
+
+def split_parts(cfg: DataConfig, split: str) -> list[SplitPart]:
+    """The sources of the "train" or "eval" split and which of their records it holds (reads no record)."""
     if split not in ("train", "eval"):
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
-    path = corpus_path(cfg)
-    docs = builtin_corpus.load_documents(path)  # raises a helpful error when the corpus file is missing
-    tokenizer = tokenizers.load_tokenizer(cfg.tokenizer_path)
-    encoded = _encoded_documents(path, os.stat(path).st_mtime_ns, tokenizer)
-    train, evals = builtin_corpus.split_train_eval(docs, cfg.eval_fraction)
-    prefix = [tokenizer.bos_id] if cfg.add_bos else []
-    suffix = [tokenizer.eos_id] if cfg.add_eos else []
-    return packing.TokenizedDocs.from_sequences(
-        [
-            np.concatenate([prefix, encoded[i], suffix]).astype(np.int32)
-            for i in (train if split == "train" else evals)
+    if cfg.dataset_type == "builtin":
+        docs = builtin_corpus.load_documents(corpus_path(cfg))  # a helpful error when the file is missing
+        train, evals = builtin_corpus.split_train_eval(list(docs), cfg.eval_fraction)
+        return [SplitPart("builtin", 1.0, train if split == "train" else evals)]
+    own_eval = _eval_sources(cfg)
+    held_out = not own_eval
+    names = own_eval if split == "eval" and own_eval else _train_sources(cfg)
+    parts = []
+    for k, (name, weight) in enumerate(names):
+        num = len(_open_source(cfg, name, split == "eval" and not held_out))
+        records = np.arange(num, dtype=np.int64)
+        if held_out:
+            train, evals = builtin_corpus.split_by_keys(
+                builtin_corpus.index_hash_fractions(k, num), cfg.eval_fraction
+            )
+            records = train if split == "train" else evals
+        parts.append(SplitPart(name, weight, records))
+    return parts
+
+
+def lane_sources(
+    cfg: DataConfig, split: str, parts: list[SplitPart], own: range
+) -> dict[int, iterators.PackedRowSource]:
+    """The PackedRowSource of each lane in `own`, from its records only (see `lanes`)."""
+    num_lanes = cfg.global_batch_size
+    if split == "train":  # each source dealt on its own, so that every lane holds every mixture part
+        for p in parts:
+            if p.records.size == 0:
+                raise sources.DataError(f"source {p.name!r}: every record is held out for eval")
+        per_part = [
+            [p.records[m] for m in lanes.deal(len(p.records), num_lanes, cfg.data_shuffle_seed, k, True)]
+            for k, p in enumerate(parts)
         ]
-    )
-
-
-@functools.lru_cache(maxsize=4)
-def _encoded_documents(path: str, mtime_ns: int, tokenizer: tokenizers.Tokenizer) -> tuple[np.ndarray, ...]:
-    """Token ids (no BOS/EOS) of every document of the corpus at `path`, cached per (file, tokenizer)."""
-    del mtime_ns  # cache key only
-    docs = builtin_corpus.load_documents(path)
-    return tuple(np.asarray(ids, dtype=np.int32) for ids in tokenizer.encode_batch(list(docs)))
+    else:  # all eval records in order
+        owner = np.concatenate([np.full(len(p.records), k) for k, p in enumerate(parts)])
+        flat = np.concatenate([p.records for p in parts])
+        dealt = lanes.deal(len(flat), num_lanes, 0, 0, False)
+        per_part = [[flat[m][owner[m] == k] for m in dealt] for k in range(len(parts))]
+    encoded = []
+    for k, p in enumerate(parts):
+        needed = np.unique(np.concatenate([per_part[k][r] for r in own]))
+        encoded.append(dict(zip(needed.tolist(), _encode(cfg, p.name, split, needed))))
+    mixed = split == "train" and len(parts) > 1
+    out = {}
+    for r in own:
+        docs = [encoded[k][i] for k in range(len(parts)) for i in per_part[k][r].tolist()]
+        mixture = [(len(per_part[k][r]), p.weight) for k, p in enumerate(parts)] if mixed else None
+        out[r] = iterators.PackedRowSource(
+            packing.TokenizedDocs.from_sequences(docs),
+            cfg.max_target_length,
+            cfg.packing,
+            lanes.lane_seed(cfg.data_shuffle_seed, r),
+            cfg.packing_type,
+            mixture,
+        )
+    return out
 
 
 def user_token_docs(cfg: DataConfig, split: str) -> tuple[packing.TokenizedDocs, list | None]:
-    """(documents, mixture [(num_docs, weight)] or None) of the "train" or "eval" split of user data."""
-    if split not in ("train", "eval"):
-        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
-    sources_ = _train_sources(cfg)
-    own_eval = _eval_sources(cfg)
-    held_out = not own_eval
-    if split == "eval" and own_eval:
-        sources_ = own_eval
-    parts, mixture = [], []
-    for name, weight in sources_:
-        docs = _encoded_source(cfg, name, split == "eval" and not held_out)
-        if held_out:
-            keys = [builtin_corpus.document_hash_fraction(d.tobytes()) for d in docs]
-            train, evals = builtin_corpus.split_by_keys(keys, cfg.eval_fraction)
-            docs = tuple(docs[i] for i in (train if split == "train" else evals))
-        parts.extend(docs)
-        mixture.append((len(docs), weight))
-    return packing.TokenizedDocs.from_sequences(parts), (mixture if len(mixture) > 1 else None)
+    """(every document of the split in split order, mixture [(num_docs, weight)] or None); reads them all.
+
+    For tools and tests: training reads only its lanes' records.
+    """
+    parts = split_parts(cfg, split)
+    docs = [ids for p in parts for ids in _encode(cfg, p.name, split, p.records)]
+    mixture = [(len(p.records), p.weight) for p in parts]
+    return packing.TokenizedDocs.from_sequences(docs), (mixture if len(mixture) > 1 else None)
+
+
+def builtin_token_docs(cfg: DataConfig, split: str) -> packing.TokenizedDocs:
+    """Token sequences (with BOS/EOS as configured) of the builtin "train" or "eval" documents."""
+    return user_token_docs(cfg, split)[0]
 
 
 def _train_sources(cfg: DataConfig) -> list[tuple[str, float]]:
@@ -233,27 +268,80 @@ def _eval_sources(cfg: DataConfig) -> list[tuple[str, float]]:
     return [(cfg.eval_split, 1.0)] if cfg.eval_split else []
 
 
-@functools.lru_cache(maxsize=8)
-def _encoded_source(cfg: DataConfig, name: str, is_eval: bool) -> tuple[np.ndarray, ...]:
-    """Token ids (with BOS/EOS) of every record of one source, cached per (config, source)."""
+def _where(cfg: DataConfig, name: str, own_eval: bool) -> str:
+    """How error messages name a source."""
     if cfg.dataset_type == "grain":
-        key = "grain_eval_files" if is_eval else "grain_train_files"
-        where = f"{key}: {name!r}"
-        source = sources.grain_source(name, key, cfg.column)
+        return f"{'grain_eval_files' if own_eval else 'grain_train_files'}: {name!r}"
+    if cfg.dataset_type == "hf":
+        return f"hf_path={cfg.hf_path!r} ({(cfg.eval_files if own_eval and cfg.eval_files else cfg.data_files) or name})"
+    return f"dataset_name={cfg.dataset_name!r} split {name!r}"
+
+
+@functools.lru_cache(maxsize=8)
+def _open_source(cfg: DataConfig, name: str, own_eval: bool):
+    """The random-access record source `name` (a glob, or a split); opening reads metadata, not records."""
+    if cfg.dataset_type == "grain":
+        source = sources.grain_source(
+            name, "grain_eval_files" if own_eval else "grain_train_files", cfg.column
+        )
     elif cfg.dataset_type == "hf":
-        files = cfg.eval_files if is_eval and cfg.eval_files else cfg.data_files
-        where = f"hf_path={cfg.hf_path!r} ({files or name})"
-        source = sources.hf_source(cfg.hf_path, files, name)
+        source = sources.hf_source(
+            cfg.hf_path, cfg.eval_files if own_eval and cfg.eval_files else cfg.data_files, name
+        )
     else:
-        where = f"dataset_name={cfg.dataset_name!r} split {name!r}"
         source = sources.tfds_source(cfg.dataset_name, cfg.dataset_path, name)
     if len(source) == 0:
-        raise sources.DataError(f"{where}: the dataset has no records")
-    encoder = sources.RecordEncoder(cfg.tokenizer_path, cfg.column, cfg.tokenize, cfg.add_bos, cfg.add_eos)
-    docs = tuple(sources.encode_all(source, encoder, cfg.worker_count))
-    top = max((int(d.max()) for d in docs if d.size), default=-1)
-    if top >= cfg.vocab_size or min((int(d.min()) for d in docs if d.size), default=0) < 0:
-        raise sources.DataError(
-            f"{where}: token ids must lie in [0, vocab_size={cfg.vocab_size}), found {top}"
-        )
-    return docs
+        raise sources.DataError(f"{_where(cfg, name, own_eval)}: the dataset has no records")
+    return source
+
+
+def _read_key(cfg: DataConfig) -> DataConfig:
+    """The fields that decide what records are read and how they are encoded (the cache key of `_encode`)."""
+    return dataclasses.replace(
+        cfg, max_target_length=1, global_batch_size=1, data_shuffle_seed=0, packing=True, packing_type="first_fit",
+        worker_count=0, hf_streaming=False,
+    )  # fmt: skip
+
+
+@functools.lru_cache(maxsize=16)
+def _encoded_cache(key: DataConfig, name: str, split: str) -> dict:
+    """record index -> token ids of one source, filled as records are read (one per process)."""
+    del key, name, split  # cache key only
+    return {}
+
+
+def _encode(cfg: DataConfig, name: str, split: str, records: np.ndarray) -> list[np.ndarray]:
+    """Token ids (with BOS/EOS as configured) of `records` of source `name`; reads only those not yet read."""
+    cache = _encoded_cache(_read_key(cfg), name, split)
+    missing = np.array(sorted(set(records.tolist()) - cache.keys()), dtype=np.int64)
+    if len(missing):
+        own_eval = split == "eval" and bool(_eval_sources(cfg)) if cfg.dataset_type in USER_TYPES else False
+        if cfg.dataset_type == "builtin":
+            tokenizer = tokenizers.load_tokenizer(cfg.tokenizer_path)
+            texts = builtin_corpus.load_documents(corpus_path(cfg))
+            prefix = [tokenizer.bos_id] if cfg.add_bos else []
+            suffix = [tokenizer.eos_id] if cfg.add_eos else []
+            ids = [
+                np.concatenate([prefix, e, suffix]).astype(np.int32)
+                for e in tokenizer.encode_batch([texts[i] for i in missing.tolist()])
+            ]
+        else:
+            encoder = sources.RecordEncoder(
+                cfg.tokenizer_path, cfg.column, cfg.tokenize, cfg.add_bos, cfg.add_eos
+            )
+            ids = sources.encode_records(
+                _open_source(cfg, name, own_eval), missing, encoder, cfg.worker_count
+            )
+        top = max((int(d.max()) for d in ids if d.size), default=-1)
+        if top >= cfg.vocab_size or min((int(d.min()) for d in ids if d.size), default=0) < 0:
+            raise sources.DataError(
+                f"{_where(cfg, name, own_eval)}: token ids must lie in [0, vocab_size={cfg.vocab_size}), found {top}"
+            )
+        cache.update(zip(missing.tolist(), ids))
+    return [cache[i] for i in records.tolist()]
+
+
+def clear_caches() -> None:
+    """Forgets opened sources and encoded records (they are otherwise kept for the life of the process)."""
+    _open_source.cache_clear()
+    _encoded_cache.cache_clear()

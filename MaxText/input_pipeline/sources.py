@@ -118,25 +118,67 @@ class JsonArrayRecordSource:
         self.__init__(state["files"], state["key"])
 
 
-def read_parquet_column(files: list[str], column: str, key: str) -> ListSource:
-    """The values of one column of Parquet files, in file order, as records {column: value}."""
-    import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
+class ParquetSource:
+    """One column of Parquet files as records {column: value}, read lazily one row group at a time.
 
-    records = []
-    for path in files:
-        try:
-            schema = pq.read_schema(path)
-            if column not in schema.names:
-                raise DataError(
-                    f"train_data_columns={column!r}: no such column in {path} (columns: {schema.names})"
+    A row group is Parquet's unit of I/O: reading record i reads (and keeps, until another one is needed) the
+    column of i's row group only, so records read in increasing order read each row group at most once and a
+    host that needs none of a row group's records never reads it. Only the requested records are converted to
+    Python objects.
+    """
+
+    def __init__(self, files: list[str], column: str, key: str):
+        import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
+
+        self._files, self._column, self._key = files, column, key
+        groups = []  # (file index, row group index, rows)
+        for f, path in enumerate(files):
+            try:
+                parquet = pq.ParquetFile(path)
+                names = parquet.schema_arrow.names
+                groups.extend(
+                    (f, g, parquet.metadata.row_group(g).num_rows) for g in range(parquet.num_row_groups)
                 )
-            values = pq.read_table(path, columns=[column]).column(column).to_pylist()
-        except DataError:
-            raise
-        except Exception as e:  # pylint: disable=broad-exception-caught  # pyarrow.ArrowInvalid, OSError
-            raise DataError(f"{key}: cannot read Parquet file {path}: {_first_line(e)}") from None
-        records.extend({column: v} for v in values)
-    return ListSource(records)
+            except Exception as e:  # pylint: disable=broad-exception-caught  # pyarrow.ArrowInvalid, OSError
+                raise DataError(f"{key}: cannot read Parquet file {path}: {_first_line(e)}") from None
+            if column not in names:
+                raise DataError(f"train_data_columns={column!r}: no such column in {path} (columns: {names})")
+        self._groups = groups
+        self._ends = np.cumsum([n for *_, n in groups], dtype=np.int64)
+        self._cached = (-1, None)  # (row group, its column)
+
+    def __len__(self) -> int:
+        return int(self._ends[-1]) if len(self._ends) else 0
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        g = int(np.searchsorted(self._ends, index, side="right"))
+        if self._cached[0] != g:
+            import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
+
+            f, group, _ = self._groups[g]
+            try:
+                table = pq.ParquetFile(self._files[f]).read_row_group(group, columns=[self._column])
+            except Exception as e:  # pylint: disable=broad-exception-caught
+                raise DataError(
+                    f"{self._key}: cannot read Parquet file {self._files[f]}: {_first_line(e)}"
+                ) from None
+            self._cached = (g, table.column(self._column))
+        first = int(self._ends[g] - self._groups[g][2])
+        return {self._column: self._cached[1][index - first].as_py()}
+
+    def __getstate__(self):  # grain worker processes read their own row groups
+        return {"files": self._files, "column": self._column, "key": self._key}
+
+    def __setstate__(self, state):
+        self.__init__(state["files"], state["column"], state["key"])
+
+
+def read_parquet_column(files: list[str], column: str, key: str) -> list:
+    """Every value of one column of Parquet files, in file order."""
+    source = ParquetSource(files, column, key)
+    return [source[i][column] for i in range(len(source))]
 
 
 def grain_source(pattern: str, key: str, column: str):
@@ -149,7 +191,7 @@ def grain_source(pattern: str, key: str, column: str):
             f"'.parquet' files, got {files[:4]}"
         )
     if kinds == {"parquet"}:
-        return read_parquet_column(files, column, key)
+        return ParquetSource(files, column, key)
     return JsonArrayRecordSource(files, key)
 
 
@@ -205,17 +247,43 @@ class RecordEncoder:  # pylint: disable=too-few-public-methods
         return np.concatenate([prefix, ids, suffix]).astype(np.int32)
 
 
-def encode_all(source, encoder: RecordEncoder, worker_count: int) -> list[np.ndarray]:
-    """Token ids of every record of `source`, in record order (grain workers when worker_count > 0)."""
-    dataset = grain.MapDataset.source(source).map(encoder)
-    if worker_count <= 0 or len(source) < 2:
-        return [dataset[i] for i in range(len(dataset))]
-    if (
-        not absl_flags.FLAGS.is_parsed()
-    ):  # grain's worker pool reads absl flags; a library must not parse argv
-        absl_flags.FLAGS.mark_as_parsed()
-    options = grain.MultiprocessingOptions(num_workers=worker_count, per_worker_buffer_size=64)
-    return list(dataset.to_iter_dataset().mp_prefetch(options))
+class SubsetSource:
+    """Records `indices` of `source`, in that order (what one host reads of a random-access source)."""
+
+    def __init__(self, source, indices: np.ndarray):
+        self._source, self._indices = source, np.asarray(indices, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    def __getitem__(self, index: int):
+        return self._source[int(self._indices[index])]
+
+
+def encode_records(
+    source, indices: np.ndarray, encoder: RecordEncoder, worker_count: int
+) -> list[np.ndarray]:
+    """Token ids of records `indices` of `source`, in the order given; no other record is read.
+
+    Reads in increasing index order (sequential within files and Parquet row groups), in `worker_count` grain
+    worker processes when > 0; the result does not depend on the worker count.
+    """
+    indices = np.asarray(indices, dtype=np.int64)
+    order = np.argsort(indices, kind="stable")
+    dataset = grain.MapDataset.source(SubsetSource(source, indices[order])).map(encoder)
+    if worker_count <= 0 or len(indices) < 2:
+        encoded = [dataset[i] for i in range(len(dataset))]
+    else:
+        if (
+            not absl_flags.FLAGS.is_parsed()
+        ):  # grain's worker pool reads absl flags; a library must not parse argv
+            absl_flags.FLAGS.mark_as_parsed()
+        options = grain.MultiprocessingOptions(num_workers=worker_count, per_worker_buffer_size=64)
+        encoded = list(dataset.to_iter_dataset().mp_prefetch(options))
+    out: list = [None] * len(indices)
+    for k, ids in zip(order.tolist(), encoded):
+        out[k] = ids
+    return out
 
 
 def hf_source(hf_path: str, data_files: str, split: str, streaming: bool = False):

@@ -166,7 +166,7 @@ def test_resumed_run_is_bitwise_equal_to_uninterrupted(runs):
         assert int(state_a.step) == int(state_b.step) == step
         assert_trees_equal(state_b, state_a)  # params and optimizer state, bitwise
         assert data_b == data_a  # same position in the data stream
-    assert data_a["row"] == 6 * 8 and data_a["epoch"] == 0  # 6 global batches of 8 rows consumed
+    assert [lane[:2] for lane in data_a["lanes"]] == [[0, 6]] * 8  # 6 rows of each of the 8 lanes consumed
 
 
 def test_load_parameters_path_gives_params_with_a_fresh_optimizer(runs):
@@ -184,7 +184,7 @@ def test_load_parameters_path_gives_params_with_a_fresh_optimizer(runs):
     # A fresh AdamW state is all zeros (step counts and moments); the source's is not.
     assert all(not np.any(x) for x in jax.tree.leaves(state.opt_state))
     assert any(np.any(x) for x in jax.tree.leaves(source.opt_state))
-    assert data_iter.get_state()["row"] == 0
+    assert all(lane[:2] == [0, 0] for lane in data_iter.get_state()["lanes"])
 
 
 def _train_other_tokenizer(prefix) -> str:
@@ -333,7 +333,8 @@ def test_sigterm_saves_the_current_step_exits_0_and_resume_continues(runs, tmp_p
     assert f"resumed run 't' from step {stopped} " in capsys.readouterr().out
     records = step_records(run_dir)
     assert [r["step"] for r in records] == list(range(1, stopped + 3))
-    assert read_item(run_dir / "checkpoints" / str(stopped + 2), "data_iter")["row"] == (stopped + 2) * 8
+    lanes = read_item(run_dir / "checkpoints" / str(stopped + 2), "data_iter")["lanes"]
+    assert [lane[:2] for lane in lanes] == [[0, stopped + 2]] * 8  # one row per lane per step
     # Same config and schedule as run a: the stopped-and-resumed run matches it bitwise where they overlap.
     uninterrupted = {r["step"]: r["loss"] for r in step_records(runs / "a")}
     overlap = [r for r in records if r["step"] in uninterrupted]

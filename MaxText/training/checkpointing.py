@@ -10,11 +10,14 @@ parameter tree.
 """
 
 import dataclasses
+import json
 import os
 from typing import Optional
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from MaxText.training import layer_layout
 
@@ -79,6 +82,22 @@ class Checkpointer:
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def gather_from_processes(item) -> list:
+    """Every process's JSON-serializable `item`, in process order (a collective: call it on all processes).
+
+    For what each host knows only in part: the data iterator's position (each host knows its own rows'
+    lanes; the merged position is what the primary process saves), the eval set's byte count.
+    """
+    if jax.process_count() == 1:
+        return [item]
+    blob = np.frombuffer(json.dumps(item).encode("utf-8"), dtype=np.uint8)
+    sizes = np.asarray(multihost_utils.process_allgather(np.array([blob.size], dtype=np.int64))).reshape(-1)
+    padded = np.zeros(int(sizes.max()), dtype=np.uint8)
+    padded[: blob.size] = blob
+    blobs = np.asarray(multihost_utils.process_allgather(padded))
+    return [json.loads(bytes(b[:n]).decode("utf-8")) for b, n in zip(blobs, sizes.tolist())]
 
 
 def checkpoint_dir(run_dir: str) -> str:

@@ -198,12 +198,10 @@ class _Evaluator:
         self.batches = [to_device(s, b) for b in host]
         self.num_bytes = None
         if tokenizer is not None:
-            # Bytes of the whole global eval set (every host computes the same number cheaply on the host).
+            # Bytes of the whole global eval set: each host counts its rows (it reads only those), summed.
             lengths = tokenizer.token_byte_lengths()
-            full = input_pipeline.make_eval_batches(dcfg, s.cfg.eval_steps, 0, 1)
-            self.num_bytes = sum(
-                float((lengths[b["targets"]] * (b["targets_segmentation"] != 0)).sum()) for b in full
-            )
+            local = sum(float((lengths[b["targets"]] * (b["targets_segmentation"] != 0)).sum()) for b in host)
+            self.num_bytes = sum(checkpointing.gather_from_processes(local))
 
     def __call__(self, p_eval, params) -> dict:
         sums = [p_eval(params, b) for b in self.batches]
@@ -361,7 +359,10 @@ class _Run:  # pylint: disable=too-many-instance-attributes
         # shows only in the next step's loss): check the state itself before it can become a checkpoint.
         if not bool(_all_finite(self.state)):
             raise NonFiniteLoss(f"non-finite parameters or optimizer state after step {self.step}")
-        self.ckpt.save(self.step, self.state, self.data_iter.get_state(), self.meta)
+        data_state = input_pipeline.merge_states(
+            checkpointing.gather_from_processes(self.data_iter.get_state())
+        )
+        self.ckpt.save(self.step, self.state, data_state, self.meta)
         self.saved_step = self.step
         self.mark = (time.perf_counter(), self.step)
 
