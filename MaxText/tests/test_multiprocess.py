@@ -4,7 +4,8 @@ The processes form a hybrid mesh (dcn_data_parallelism=2 across them, ici_fsdp_p
 One pair of `python3 -m MaxText.train` processes trains until process 1 alone gets SIGTERM; both must agree on
 the step, save it together and exit 0, with only process 0 writing metrics. Their losses must equal an
 in-process run on 4 devices (fsdp 4), and the checkpoint they wrote must resume in this single process on that
-mesh (another topology: the parameters reshard) and continue with the same losses. All runs share one
+mesh (another topology: the parameters reshard; the data position of the two processes' lanes is merged)
+and continue with the same losses. All runs share one
 learning-rate schedule length, so runs of different lengths follow the same schedule.
 """
 
@@ -28,6 +29,10 @@ from MaxText.training import trainer
 
 RUN = [
     *TINY,
+    # Built-in corpus: each process reads only its rows' lanes, and the batches must not depend on the
+    # process count (2 processes == 1), also after resuming the 2-process data position in one process.
+    "dataset_type=builtin",
+    "vocab_size=4096",
     "enable_checkpointing=true",
     "learning_rate_schedule_steps=10",
     "checkpoint_period=1000",
