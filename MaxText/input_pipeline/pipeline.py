@@ -94,8 +94,10 @@ def make_train_iterator(
         "data_shuffle_seed": cfg.data_shuffle_seed,
         "records": [[len(p.records), p.weight] for p in parts],  # per source: train records, weight
     }
-    own = range(*iterators.host_row_range(cfg.global_batch_size, process_index, process_count))
-    return lanes.LaneTrainIterator(lane_sources(cfg, "train", parts, own), cfg.global_batch_size, identity)
+    lo, hi = iterators.host_row_range(cfg.global_batch_size, process_index, process_count)
+    return lanes.LaneTrainIterator(
+        _cached_lane_sources(cfg, "train", lo, hi), cfg.global_batch_size, identity
+    )
 
 
 def make_eval_batches(
@@ -124,8 +126,8 @@ def make_eval_batches(
     parts = split_parts(cfg, "eval")
     if not any(len(p.records) for p in parts):
         raise ValueError(f"eval_fraction={cfg.eval_fraction} holds out no documents; set it > 0 for eval")
-    own = range(*iterators.host_row_range(cfg.global_batch_size, process_index, process_count))
-    return lanes.eval_batches(lane_sources(cfg, "eval", parts, own), num_batches)
+    lo, hi = iterators.host_row_range(cfg.global_batch_size, process_index, process_count)
+    return lanes.eval_batches(_cached_lane_sources(cfg, "eval", lo, hi), num_batches)
 
 
 def corpus_path(cfg: DataConfig) -> str:
@@ -295,53 +297,42 @@ def _open_source(cfg: DataConfig, name: str, own_eval: bool):
     return source
 
 
-def _read_key(cfg: DataConfig) -> DataConfig:
-    """The fields that decide what records are read and how they are encoded (the cache key of `_encode`)."""
-    return dataclasses.replace(
-        cfg, max_target_length=1, global_batch_size=1, data_shuffle_seed=0, packing=True, packing_type="first_fit",
-        worker_count=0, hf_streaming=False,
-    )  # fmt: skip
-
-
-@functools.lru_cache(maxsize=16)
-def _encoded_cache(key: DataConfig, name: str, split: str) -> dict:
-    """record index -> token ids of one source, filled as records are read (one per process)."""
-    del key, name, split  # cache key only
-    return {}
-
-
 def _encode(cfg: DataConfig, name: str, split: str, records: np.ndarray) -> list[np.ndarray]:
-    """Token ids (with BOS/EOS as configured) of `records` of source `name`; reads only those not yet read."""
-    cache = _encoded_cache(_read_key(cfg), name, split)
-    missing = np.array(sorted(set(records.tolist()) - cache.keys()), dtype=np.int64)
-    if len(missing):
-        own_eval = split == "eval" and bool(_eval_sources(cfg)) if cfg.dataset_type in USER_TYPES else False
-        if cfg.dataset_type == "builtin":
-            tokenizer = tokenizers.load_tokenizer(cfg.tokenizer_path)
-            texts = builtin_corpus.load_documents(corpus_path(cfg))
-            prefix = [tokenizer.bos_id] if cfg.add_bos else []
-            suffix = [tokenizer.eos_id] if cfg.add_eos else []
-            ids = [
-                np.concatenate([prefix, e, suffix]).astype(np.int32)
-                for e in tokenizer.encode_batch([texts[i] for i in missing.tolist()])
-            ]
-        else:
-            encoder = sources.RecordEncoder(
-                cfg.tokenizer_path, cfg.column, cfg.tokenize, cfg.add_bos, cfg.add_eos
-            )
-            ids = sources.encode_records(
-                _open_source(cfg, name, own_eval), missing, encoder, cfg.worker_count
-            )
-        top = max((int(d.max()) for d in ids if d.size), default=-1)
-        if top >= cfg.vocab_size or min((int(d.min()) for d in ids if d.size), default=0) < 0:
-            raise sources.DataError(
-                f"{_where(cfg, name, own_eval)}: token ids must lie in [0, vocab_size={cfg.vocab_size}), found {top}"
-            )
-        cache.update(zip(missing.tolist(), ids))
-    return [cache[i] for i in records.tolist()]
+    """Token ids (with BOS/EOS as configured) of `records` of source `name`, reading each record once."""
+    unique, where = np.unique(records, return_inverse=True)
+    own_eval = split == "eval" and bool(_eval_sources(cfg)) if cfg.dataset_type in USER_TYPES else False
+    if cfg.dataset_type == "builtin":
+        tokenizer = tokenizers.load_tokenizer(cfg.tokenizer_path)
+        texts = builtin_corpus.load_documents(corpus_path(cfg))
+        prefix = [tokenizer.bos_id] if cfg.add_bos else []
+        suffix = [tokenizer.eos_id] if cfg.add_eos else []
+        ids = [
+            np.concatenate([prefix, e, suffix]).astype(np.int32)
+            for e in tokenizer.encode_batch([texts[i] for i in unique.tolist()])
+        ]
+    else:
+        encoder = sources.RecordEncoder(
+            cfg.tokenizer_path, cfg.column, cfg.tokenize, cfg.add_bos, cfg.add_eos
+        )
+        ids = sources.encode_records(_open_source(cfg, name, own_eval), unique, encoder, cfg.worker_count)
+    top = max((int(d.max()) for d in ids if d.size), default=-1)
+    if top >= cfg.vocab_size or min((int(d.min()) for d in ids if d.size), default=0) < 0:
+        raise sources.DataError(
+            f"{_where(cfg, name, own_eval)}: token ids must lie in [0, vocab_size={cfg.vocab_size}), found {top}"
+        )
+    return [ids[i] for i in where.reshape(-1).tolist()]
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_lane_sources(
+    cfg: DataConfig, split: str, lo: int, hi: int
+) -> dict[int, iterators.PackedRowSource]:
+    """`lane_sources` of lanes [lo, hi), kept for the life of the process (train and eval of a run, or
+    repeated iterators in tests); the iterators share them, so the tokens are held once."""
+    return lane_sources(cfg, split, split_parts(cfg, split), range(lo, hi))
 
 
 def clear_caches() -> None:
-    """Forgets opened sources and encoded records (they are otherwise kept for the life of the process)."""
+    """Forgets opened sources and lanes' tokens (they are otherwise kept for the life of the process)."""
     _open_source.cache_clear()
-    _encoded_cache.cache_clear()
+    _cached_lane_sources.cache_clear()
