@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from MaxText.kernels.masks import MASK_VALUE, AttentionSpec, cap_scores
+from MaxText.kernels.masks import MASK_VALUE, AttentionSpec, cap_scores, visible
 
 
 def _kernel(table_ref, pos_ref, q_ref, k_ref, v_ref, o_ref, *, spec: AttentionSpec, page_size: int):
@@ -35,10 +35,7 @@ def _kernel(table_ref, pos_ref, q_ref, k_ref, v_ref, o_ref, *, spec: AttentionSp
         v = v_ref[page, :, kh, :].astype(jnp.float32)
         s = cap_scores(jnp.dot(q, k.T, precision=spec.precision) * spec.scale, spec.soft_cap)  # [G, PS]
         slot = j * page_size + jax.lax.broadcasted_iota(jnp.int32, (1, page_size), 1)
-        ok = slot <= pos
-        if spec.sliding_window > 0:
-            ok &= pos - slot < spec.sliding_window
-        s = jnp.where(ok, s, MASK_VALUE)
+        s = jnp.where(visible(pos, slot, 0, 0, spec.sliding_window), s, MASK_VALUE)  # one segment per row
         m_new = jnp.maximum(m, s.max(axis=-1, keepdims=True))
         p = jnp.exp(s - m_new)
         correction = jnp.exp(m - m_new)
