@@ -2,6 +2,8 @@
 and the Pallas paged decode kernel against dot_product, forward and gradient; the selection table; the
 refusals. Pallas's interpreter is slow, so shapes are tiny and each kernel compiles once per test."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,6 +15,7 @@ from MaxText.inference.kv_cache import init_paged_cache
 from MaxText.inference.page_manager import PageManager
 from MaxText.kernels import AttentionSpec, dot_product_attention, select
 from MaxText.kernels.flash_pallas import flash_attention_pallas
+from MaxText.kernels.paged_pallas import paged_attention_pallas
 from MaxText.kernels.splash import splash_attention
 from MaxText.tests.conftest import BASE_YML
 from MaxText.tests.test_decode import _full_logits, _ids, _model
@@ -111,6 +114,31 @@ def test_flash_pallas_refuses_blocks_triton_cannot_tile():
             flash_attention_pallas(
                 q, k, v, pos, pos, seg, seg, AttentionSpec(block_size=block), interpret=True
             )
+
+
+def test_pallas_kernels_lower_for_gpu_through_triton():
+    """The compiled GPU path (interpret=False) lowers to Triton kernels for CUDA from this CPU machine:
+    flash forward and backward, and the paged decode kernel. (Lowering only: no GPU runs it here.)"""
+    b, t, n, kh, h = 1, 64, 4, 2, 64
+    q, k = jnp.zeros((b, t, n, h)), jnp.zeros((b, t, kh, h))
+    pos = jnp.zeros((b, t), jnp.int32)
+    spec = AttentionSpec("flash", 0.125, 8, 30.0, block_size=32)
+
+    def flash(q, k, v):
+        return flash_attention_pallas(q, k, v, pos, pos, pos, pos, spec)
+
+    def grads(q, k, v):
+        return jax.grad(lambda *a: flash(*a).sum(), argnums=(0, 1, 2))(q, k, v)
+
+    pool, table = jnp.zeros((6, 16, kh, h)), jnp.zeros((b, 3), jnp.int32)
+    paged = functools.partial(paged_attention_pallas, spec=spec, interpret=False)
+    for fn, args, kernels_expected in [
+        (flash, (q, k, k), 1),
+        (grads, (q, k, k), 3),  # the forward (residuals), dK/dV and dQ
+        (paged, (q[:, :1], pool, pool, table, pos[:, :1]), 1),
+    ]:
+        text = jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+        assert text.count("__gpu$xla.gpu.triton") == kernels_expected
 
 
 def test_paged_kernel_decode_equals_dot_product_decode():
