@@ -11,8 +11,10 @@ dQ over the key blocks; both recompute the scores from the saved log-sum-exp. GQ
 kv head n // G; dK and dV come out per query head and are summed over G afterwards.
 
 The mask is the interface's own (masks.visible on positions and segment ids), so arbitrary packed positions,
-sliding windows and soft caps are honoured exactly. The positions are data, so no key block can be skipped
-statically: every program visits every key block (masked blocks cost compute, never correctness).
+sliding windows and soft caps are honoured exactly. The positions are data, so which (query block, key
+block) tiles are fully masked is decided at run time from the tiles' position and segment ranges
+(_may_see): causal training skips about half the tiles, a sliding window most of them. A query that sees
+no key at all (never the case when queries and keys are the same tokens) gets output 0.
 
 On GPU the kernels compile through Triton; elsewhere `interpret=True` runs the same kernels through
 Pallas's interpreter (the CPU parity tests).
@@ -27,6 +29,9 @@ from jax.experimental import pallas as pl
 from MaxText.kernels.masks import MASK_VALUE, AttentionSpec, cap_scores, visible
 
 _SQ = pl.squeezed
+# Position of padded tokens: after every real one, so padding never widens a key block's position range
+# downwards (which would stop causal tiles from being skipped); padded queries see padded keys only.
+_LAST = jnp.iinfo(jnp.int32).max
 
 
 def _pow2_at_least(x: int, low: int) -> int:
@@ -38,6 +43,15 @@ def _tile_scores(q, k, qp, qs, kp, ks, spec: AttentionSpec):
     raw = jnp.dot(q, k.T, precision=spec.precision, preferred_element_type=jnp.float32) * spec.scale
     mask = visible(qp[:, None], kp[None, :], qs[:, None], ks[None, :], spec.sliding_window)
     return raw, jnp.where(mask, cap_scores(raw, spec.soft_cap), MASK_VALUE), mask
+
+
+def _may_see(qp, qs, kp, ks, sliding_window: int):
+    """False only when no query of the tile can see any key of the tile (from their ranges alone): every
+    key after every query, every key out of every query's window, or disjoint segment ranges."""
+    ok = (kp.min() <= qp.max()) & (ks.min() <= qs.max()) & (qs.min() <= ks.max())
+    if sliding_window > 0:
+        ok &= qp.min() - kp.max() < sliding_window
+    return ok
 
 
 def _score_grad(p, dp, delta, raw, mask, spec: AttentionSpec):
@@ -52,9 +66,8 @@ def _fwd_kernel(q_ref, k_ref, v_ref, qp_ref, qs_ref, kp_ref, ks_ref, o_ref, lse_
     q = q_ref[...].astype(jnp.float32)
     qp, qs = qp_ref[...], qs_ref[...]
 
-    def visit(j, carry):
+    def update(keys, carry):
         m, l, acc = carry
-        keys = pl.ds(j * block, block)
         k = k_ref[keys, :].astype(jnp.float32)
         _, s, _ = _tile_scores(q, k, qp, qs, kp_ref[keys], ks_ref[keys], spec)
         m_new = jnp.maximum(m, s.max(axis=1))
@@ -64,6 +77,11 @@ def _fwd_kernel(q_ref, k_ref, v_ref, qp_ref, qs_ref, kp_ref, ks_ref, o_ref, lse_
         acc = acc * correction[:, None] + jnp.dot(p, v, precision=spec.precision)
         return m_new, l * correction + p.sum(axis=1), acc
 
+    def visit(j, carry):
+        keys = pl.ds(j * block, block)
+        seen = _may_see(qp, qs, kp_ref[keys], ks_ref[keys], spec.sliding_window)
+        return jax.lax.cond(seen, functools.partial(update, keys), lambda c: c, carry)
+
     c, hp = q.shape
     init = (
         jnp.full((c,), -jnp.inf, jnp.float32),
@@ -71,8 +89,11 @@ def _fwd_kernel(q_ref, k_ref, v_ref, qp_ref, qs_ref, kp_ref, ks_ref, o_ref, lse_
         jnp.zeros((c, hp), jnp.float32),
     )
     m, l, acc = jax.lax.fori_loop(0, k_ref.shape[0] // block, visit, init)
-    o_ref[...] = (acc / l[:, None]).astype(o_ref.dtype)
-    lse_ref[...] = m + jnp.log(l)
+    # l = 0 only for a query whose every key block was skipped: output 0, and lse 0 so that the backward's
+    # exp(masked score - lse) is 0 rather than exp(+inf) wherever it meets that query.
+    seen = l > 0
+    o_ref[...] = (acc / jnp.where(seen, l, 1.0)[:, None]).astype(o_ref.dtype)
+    lse_ref[...] = jnp.where(seen, m + jnp.log(jnp.where(seen, l, 1.0)), 0.0)
 
 
 def _dkv_kernel(
@@ -82,9 +103,8 @@ def _dkv_kernel(
     v = v_ref[...].astype(jnp.float32)
     kp, ks = kp_ref[...], ks_ref[...]
 
-    def visit(i, carry):
+    def update(rows, carry):
         dk, dv = carry
-        rows = pl.ds(i * block, block)
         q = q_ref[rows, :].astype(jnp.float32)
         do = do_ref[rows, :].astype(jnp.float32)
         raw, s, mask = _tile_scores(q, k, qp_ref[rows], qs_ref[rows], kp, ks, spec)
@@ -93,6 +113,11 @@ def _dkv_kernel(
         dp = jnp.dot(do, v.T, precision=spec.precision)
         ds = _score_grad(p, dp, delta_ref[rows], raw, mask, spec)
         return dk + jnp.dot(ds.T, q, precision=spec.precision), dv
+
+    def visit(i, carry):
+        rows = pl.ds(i * block, block)
+        seen = _may_see(qp_ref[rows], qs_ref[rows], kp, ks, spec.sliding_window)
+        return jax.lax.cond(seen, functools.partial(update, rows), lambda c: c, carry)
 
     zeros = jnp.zeros(k.shape, jnp.float32)
     dk, dv = jax.lax.fori_loop(0, q_ref.shape[0] // block, visit, (zeros, zeros))
@@ -107,14 +132,18 @@ def _dq_kernel(
     do = do_ref[...].astype(jnp.float32)
     lse, delta, qp, qs = lse_ref[...], delta_ref[...], qp_ref[...], qs_ref[...]
 
-    def visit(j, dq):
-        keys = pl.ds(j * block, block)
+    def update(keys, dq):
         k = k_ref[keys, :].astype(jnp.float32)
         raw, s, mask = _tile_scores(q, k, qp, qs, kp_ref[keys], ks_ref[keys], spec)
         p = jnp.exp(s - lse[:, None])
         dp = jnp.dot(do, v_ref[keys, :].astype(jnp.float32).T, precision=spec.precision)
         ds = _score_grad(p, dp, delta, raw, mask, spec)
         return dq + jnp.dot(ds, k, precision=spec.precision)
+
+    def visit(j, dq):
+        keys = pl.ds(j * block, block)
+        seen = _may_see(qp, qs, kp_ref[keys], ks_ref[keys], spec.sliding_window)
+        return jax.lax.cond(seen, functools.partial(update, keys), lambda c: c, dq)
 
     dq = jax.lax.fori_loop(0, k_ref.shape[0] // block, visit, jnp.zeros(q.shape, jnp.float32))
     dq_ref[...] = dq.astype(dq_ref.dtype)
@@ -241,8 +270,8 @@ def flash_attention_pallas(q, k, v, q_pos, k_pos, q_seg, k_seg, spec: AttentionS
     """Same contract as dot_product_attention: q [B, T, N, H], k/v [B, S, K, H] -> [B, T, N, H].
 
     spec.block_size (flash_block_size) is the query and key block C; Triton needs a power of two >= 16.
-    T and S are padded to multiples of C (padded tokens get segment -1, which no real token has, so they
-    are never seen) and H to a power of two (zero columns add nothing to q.k and are sliced off the output).
+    T and S are padded to multiples of C (padded tokens get segment -1, which no real token has, so real
+    queries never see them) and H to a power of two (zero columns add nothing to q.k and are sliced off the output).
     """
     block = spec.block_size
     if block < 16 or block & (block - 1):
@@ -261,6 +290,6 @@ def flash_attention_pallas(q, k, v, q_pos, k_pos, q_seg, k_seg, spec: AttentionS
     out = _flash(
         spec, block, interpret,
         heads_major(q, tp), heads_major(k, sp), heads_major(v, sp),
-        _pad(q_pos, 1, tp), _pad(q_seg, 1, tp, -1), _pad(k_pos, 1, sp), _pad(k_seg, 1, sp, -1),
+        _pad(q_pos, 1, tp, _LAST), _pad(q_seg, 1, tp, -1), _pad(k_pos, 1, sp, _LAST), _pad(k_seg, 1, sp, -1),
     )  # fmt: skip
     return out.transpose(0, 2, 1, 3)[:, :t, :, :h]

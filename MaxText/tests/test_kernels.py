@@ -24,9 +24,10 @@ from MaxText.tests.test_paged import B, LENGTHS, PS, T, _paged_cache_for, _run
 HIGHEST = jax.lax.Precision.HIGHEST
 TOL = dict(atol=1e-5, rtol=1e-5)  # float32 at these sizes; both sides accumulate in float32
 
-# Two rows: a packed row (segments 1 and 2, positions restarting) and a row ending in padding (segment 0).
-SEG = np.array([[1] * 12 + [2] * 8, [1] * 17 + [0] * 3], np.int32)
-POS = np.array([list(range(12)) + list(range(8)), list(range(17)) + [0] * 3], np.int32)
+# Two rows: one sequence, and a packed row (segments 1 and 2, positions restarting) ending in padding
+# (segment 0). With 16-blocks, row 0's first query block and last key block are fully masked (skipped).
+SEG = np.array([[1] * 20, [1] * 12 + [2] * 5 + [0] * 3], np.int32)
+POS = np.array([list(range(20)), list(range(12)) + list(range(5)) + [0] * 3], np.int32)
 
 
 def _qkv(n=4, kh=2, h=8, seed=0):
