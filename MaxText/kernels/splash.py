@@ -19,8 +19,6 @@ break the rule at run time turn the output into NaN rather than silently attendi
 Off TPU the kernel runs through Pallas's interpreter (slow; for tests).
 """
 
-import functools
-
 import jax
 import jax.numpy as jnp
 from jax.experimental.pallas.ops.tpu import splash_attention as sa
@@ -30,7 +28,6 @@ from MaxText.kernels.masks import AttentionSpec
 LANES = 128
 
 
-@functools.lru_cache(maxsize=32)
 def _kernel(length: int, groups: int, window: int, soft_cap: float, block: int, interpret: bool):
     if window > 0:
         mask = sa.LocalMask((length, length), window_size=(window - 1, 0), offset=0)
@@ -41,15 +38,14 @@ def _kernel(length: int, groups: int, window: int, soft_cap: float, block: int, 
          "block_q_dq", "block_kv_dq"),
         block,
     )  # fmt: skip
-    # The kernel holds the mask's block tables as arrays; build them eagerly even when first asked for
-    # inside a trace, so the cached kernel never holds a tracer.
-    with jax.ensure_compile_time_eval():
-        return sa.make_splash_mqa_single_device(
-            sa.MultiHeadMask([mask] * groups),
-            block_sizes=sa.BlockSizes(**sizes),
-            attn_logits_soft_cap=soft_cap if soft_cap > 0 else None,
-            interpret=interpret,
-        )
+    # Built per trace, not cached: the kernel holds the mask's block tables as arrays of the trace that made
+    # it (a cached one leaks tracers under scan/remat). The NumPy mask processing behind it is cached by JAX.
+    return sa.make_splash_mqa_single_device(
+        sa.MultiHeadMask([mask] * groups),
+        block_sizes=sa.BlockSizes(**sizes),
+        attn_logits_soft_cap=soft_cap if soft_cap > 0 else None,
+        interpret=interpret,
+    )
 
 
 def _positions_follow_indices(q_pos, k_pos, q_seg, k_seg):

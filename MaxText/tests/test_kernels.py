@@ -164,6 +164,20 @@ def test_paged_kernel_decode_equals_dot_product_decode():
                 np.testing.assert_allclose(steps[i, b], want[b, LENGTHS[b] + i], atol=2e-5)
 
 
+@pytest.mark.slow
+def test_model_with_splash_equals_dot_product():
+    """attention=splash wired through the model (scan, GQA, RoPE, packed rows): the same logits as
+    attention=dot_product with the same weights."""
+    ids = _ids(2, T)
+    seg = jnp.asarray([[1] * 9 + [2] * 5, [1] * T])
+    pos = jnp.asarray([list(range(9)) + list(range(5)), list(range(T))])
+    logits = {}
+    for attention in ("dot_product", "splash"):
+        _, model, params = _model(f"attention={attention}")
+        logits[attention] = model.apply({"params": params}, ids, pos, seg, "train")[0]
+    np.testing.assert_allclose(logits["splash"], logits["dot_product"], atol=2e-5)
+
+
 def test_selection_table():
     """The table in docs/serving.md ("Attention kernels")."""
     attend, decode = select.attend_kernel, select.decode_kernel
