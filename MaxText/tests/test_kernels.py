@@ -229,6 +229,33 @@ def test_dispatch_calls_the_selected_kernel(monkeypatch, on, attention, length, 
 
 
 @pytest.mark.parametrize(
+    "on, attention, tokens, called",
+    [
+        ("cpu", "paged", 1, "pallas_interpret"),
+        ("cpu", "autoselected", 1, "pallas_interpret"),
+        ("gpu", "paged", 1, "pallas_compiled"),
+        ("tpu", "autoselected", 1, "reference"),
+        ("cpu", "dot_product", 1, "reference"),
+        ("cpu", "paged", 2, "reference"),  # the Pallas kernel takes one query per row
+    ],
+)
+def test_paged_dispatch_calls_the_selected_kernel(monkeypatch, on, attention, tokens, called):
+    seen = []
+
+    def pallas(q, *args, interpret):
+        del args
+        seen.append("pallas_interpret" if interpret else "pallas_compiled")
+        return q
+
+    monkeypatch.setattr(select, "platform", lambda: on)
+    monkeypatch.setattr(kernels, "paged_attention_pallas", pallas)
+    monkeypatch.setattr(kernels, "paged_attention_reference", lambda q, *a: seen.append("reference") or q)
+    q = jnp.zeros((1, tokens, 2, 4))
+    kernels.paged_attention(q, None, None, None, None, AttentionSpec(attention))
+    assert seen == [called]
+
+
+@pytest.mark.parametrize(
     "overrides, fragment",
     [
         (["attention=paged"], "attention='paged': the paged decode kernel reads a paged KV cache, but "
