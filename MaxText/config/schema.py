@@ -87,7 +87,7 @@ class Config:  # pylint: disable=too-many-instance-attributes
     weight_dtype: str = _f(choices=DTYPES)
     matmul_precision: str = _f(choices=["default", "high", "highest"])
     logits_dot_in_fp32: bool = _f()
-    attention: str = _f(choices=["dot_product", "flash"])
+    attention: str = _f(choices=["dot_product", "flash", "splash", "paged", "autoselected"])
     flash_block_size: int = _f(gt=0)
     scan_layers: bool = _f()
     param_scan_axis: int = _f(choices=[0, 1])

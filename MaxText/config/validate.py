@@ -173,6 +173,20 @@ def _check_mla(cfg: Config) -> None:
     )
 
 
+def _check_attention(cfg: Config) -> None:
+    """Kernel choices that can never run with the rest of the config (kernels/select.py has the table)."""
+    _require(
+        cfg.attention != "paged" or cfg.kv_cache == "paged",
+        f"attention='paged': the paged decode kernel reads a paged KV cache, but kv_cache={cfg.kv_cache!r}; "
+        "expected kv_cache=paged (or attention=autoselected)",
+    )
+    _require(
+        cfg.attention != "splash" or cfg.flash_block_size % 128 == 0,
+        f"flash_block_size={cfg.flash_block_size}: attention='splash' tiles by 128 TPU lanes; expected a "
+        "multiple of 128",
+    )
+
+
 def check_cross_field(cfg: Config, known_blocks) -> None:
     """Rules that involve several keys. Device-dependent rules live in parallel/mesh.py."""
     _check_data_sources(cfg)
@@ -203,6 +217,7 @@ def check_cross_field(cfg: Config, known_blocks) -> None:
     _check_model_features(cfg)
     _check_moe(cfg)
     _check_mla(cfg)
+    _check_attention(cfg)
     axes = list(MESH_AXES)
     _require(
         sorted(cfg.mesh_axes) == sorted(axes),

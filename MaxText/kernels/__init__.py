@@ -4,21 +4,58 @@ Axis legend: B batch, T query length, S key length, N query heads, K kv heads, G
 
 `attention(q, k, v, q_pos, k_pos, q_seg, k_seg, spec)` with q [B, T, N, H], k/v [B, S, K, H], positions and
 segment ids [B, T] / [B, S] returns [B, T, N, H]. Query i sees key j when both are in the same segment,
-k_pos[j] <= q_pos[i], and (sliding window W > 0) q_pos[i] - k_pos[j] < W. Every kernel honours all of it.
+k_pos[j] <= q_pos[i], and (sliding window W > 0) q_pos[i] - k_pos[j] < W. Every kernel honours all of it or
+refuses (splash: see kernels/splash.py). `paged_attention` is the decode step over a paged cache.
+spec.kernel is the `attention` setting; kernels/select.py turns it into the kernel that runs.
 """
 
-from MaxText.kernels.masks import AttentionSpec
-from MaxText.kernels.reference import dot_product_attention
+from MaxText.kernels import select
 from MaxText.kernels.flash import flash_attention
+from MaxText.kernels.flash_pallas import flash_attention_pallas
+from MaxText.kernels.masks import AttentionSpec
+from MaxText.kernels.paged import paged_attention_reference
+from MaxText.kernels.paged_pallas import paged_attention_pallas
+from MaxText.kernels.reference import dot_product_attention
+from MaxText.kernels.splash import splash_attention
 
-KERNELS = {"dot_product": dot_product_attention, "flash": flash_attention}
+ATTENTION_CHOICES = select.ATTEND_KERNELS + ("paged", "autoselected")
+
+
+def _flash(q, k, v, q_pos, k_pos, q_seg, k_seg, spec):
+    """The Pallas kernel compiled through Triton on GPU; the blockwise pure-JAX version elsewhere."""
+    if select.platform() == "gpu":
+        return flash_attention_pallas(q, k, v, q_pos, k_pos, q_seg, k_seg, spec)
+    return flash_attention(q, k, v, q_pos, k_pos, q_seg, k_seg, spec)
+
+
+KERNELS = {"dot_product": dot_product_attention, "flash": _flash, "splash": splash_attention}
 
 
 def attention(q, k, v, q_pos, k_pos, q_seg, k_seg, spec: AttentionSpec):
-    """Dispatches to the kernel named by spec.kernel."""
-    if spec.kernel not in KERNELS:
-        raise ValueError(f"attention={spec.kernel!r}: expected one of {sorted(KERNELS)}")
-    return KERNELS[spec.kernel](q, k, v, q_pos, k_pos, q_seg, k_seg, spec)
+    """Attention among tokens (train, prefill): dispatches spec.kernel through select.attend_kernel."""
+    name = select.attend_kernel(spec.kernel, select.platform(), k.shape[1])
+    return KERNELS[name](q, k, v, q_pos, k_pos, q_seg, k_seg, spec)
 
 
-__all__ = ["AttentionSpec", "attention", "dot_product_attention", "flash_attention", "KERNELS"]
+def paged_attention(q, k_pages, v_pages, page_table, q_pos, spec: AttentionSpec):
+    """Decode step over a paged cache (same contract as paged.paged_attention_reference).
+
+    The Pallas kernel takes one query per row; a multi-token step (T > 1) uses the reference, which has the
+    same definition."""
+    on = select.platform()
+    if select.decode_kernel(spec.kernel, on, paged=True) == "paged" and q.shape[1] == 1:
+        return paged_attention_pallas(q, k_pages, v_pages, page_table, q_pos, spec, interpret=on != "gpu")
+    return paged_attention_reference(q, k_pages, v_pages, page_table, q_pos, spec)
+
+
+__all__ = [
+    "ATTENTION_CHOICES",
+    "AttentionSpec",
+    "KERNELS",
+    "attention",
+    "dot_product_attention",
+    "flash_attention",
+    "flash_attention_pallas",
+    "paged_attention",
+    "splash_attention",
+]

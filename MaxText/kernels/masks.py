@@ -26,12 +26,18 @@ class AttentionSpec:
     block_size: int = 128
 
 
-def allowed(q_pos, k_pos, q_seg, k_seg, sliding_window: int):
-    """Boolean [B, 1, 1, T, S]: which keys each query may see (broadcasts over K and G)."""
-    qp, kp = q_pos[:, :, None], k_pos[:, None, :]
-    ok = (q_seg[:, :, None] == k_seg[:, None, :]) & (kp <= qp)
+def visible(qp, kp, qs, ks, sliding_window: int):
+    """Elementwise rule on broadcastable query/key positions and segment ids (kernels pass tiles, e.g.
+    [C, 1] against [1, C]): same segment, key not after the query, and inside the window when W > 0."""
+    ok = (qs == ks) & (kp <= qp)
     if sliding_window > 0:
         ok &= qp - kp < sliding_window
+    return ok
+
+
+def allowed(q_pos, k_pos, q_seg, k_seg, sliding_window: int):
+    """Boolean [B, 1, 1, T, S]: which keys each query may see (broadcasts over K and G)."""
+    ok = visible(q_pos[:, :, None], k_pos[:, None, :], q_seg[:, :, None], k_seg[:, None, :], sliding_window)
     return ok[:, None, None, :, :]
 
 

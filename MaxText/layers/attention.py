@@ -123,8 +123,8 @@ class Attention(nn.Module):
             )
         elif "page_table" in cache:
             new_cache = write_cache(cache, k, v, positions)
-            out = paged.paged_attention_reference(
-                q, new_cache["k"], new_cache["v"], new_cache["page_table"], positions, self._spec("paged")
+            out = kernels.paged_attention(
+                q, new_cache["k"], new_cache["v"], new_cache["page_table"], positions, self._spec(self.kernel)
             )
         else:
             new_cache = write_cache(cache, k, v, positions)
