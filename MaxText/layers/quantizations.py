@@ -146,9 +146,8 @@ def quantized_dot(
 # ---- KV cache ----
 
 
-def quantize_kv(x, dtype):
+def quantize_kv(x):
     """k or v [..., H] -> (int8 [..., H], scale float32 [...]): one scale per token and head."""
-    del dtype  # int8 is the only kv_quant_dtype; the key exists for fp8 caches later
     q, scale = int8_quantize(x, (-1,))
     return q, scale[..., 0]
 
