@@ -107,6 +107,7 @@ MODEL_KEYS = (
     "num_shared_experts", "first_num_dense_layers",
     "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "rope_interleave",
     "rope_yarn_beta_fast", "rope_yarn_beta_slow", "rope_yarn_mscale", "rope_yarn_mscale_all_dim",
+    "quantization", "checkpoint_is_quantized",
 )  # fmt: skip
 
 

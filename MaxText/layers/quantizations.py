@@ -160,3 +160,23 @@ def dequantize_kv(q, scale, dtype):
 def quant_config(cfg) -> QuantConfig:
     """The QuantConfig of a ModelConfig (its quantization and checkpoint_is_quantized fields)."""
     return QuantConfig(cfg.quantization, cfg.checkpoint_is_quantized)
+
+
+def quantize_params(params: dict, target: dict) -> dict:
+    """Float params -> the tree of `target` (the abstract params of a checkpoint_is_quantized model): each
+    int8 `kernel` is quantized per output channel beside its `kernel_scale`, every other leaf is kept.
+
+    The reduced axes are those where the scale has size 1 and the kernel does not (the input axes; a
+    scanned stack's layer axis keeps its size), so one rule serves every layout.
+    """
+    out = {}
+    for name, want in target.items():
+        if isinstance(want, dict):
+            out[name] = quantize_params(params[name], want)
+        elif name == "kernel" and want.dtype == jnp.int8:
+            scale_shape = target["kernel_scale"].shape
+            axes = tuple(a for a, (k, s) in enumerate(zip(want.shape, scale_shape)) if s == 1 and k != 1)
+            out["kernel"], out["kernel_scale"] = int8_quantize(params["kernel"], axes)
+        elif name != "kernel_scale":
+            out[name] = params[name]
+    return out
