@@ -2,6 +2,8 @@
 
   python3 -m MaxText.convert hf_to_maxtext --input HF_DIR --output DIR [--dtype bfloat16] [--overwrite]
   python3 -m MaxText.convert maxtext_to_hf --input DIR --output HF_DIR [--step N] [--dtype D] [--max-shard-size 5GB]
+  python3 -m MaxText.convert quantize configs/base.yml load_parameters_path=DIR save_quantized_params_path=OUT \
+      quantization=int8w|int8
 
 hf_to_maxtext reads config.json, the safetensors files (one or sharded) and the tokenizer files of HF_DIR and
 writes a checkpoint directory that `load_parameters_path=DIR` (train, decode) and `MaxText.api.load(DIR)` take
@@ -63,6 +65,10 @@ def parser() -> argparse.ArgumentParser:
         "--max-shard-size", default="5GB", help="split safetensors files above this size (5GB)"
     )
     to_hf.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --output")
+    quant = sub.add_parser(
+        "quantize", help="float checkpoint -> int8 kernels + scales (conversion/quantize.py)"
+    )
+    quant.add_argument("config", nargs=argparse.REMAINDER, help="configs/base.yml key=value ...")
     return p
 
 
@@ -70,6 +76,11 @@ def parser() -> argparse.ArgumentParser:
 def main(argv) -> int:
     """Parses the command line and runs one conversion."""
     args = parser().parse_args(argv)
+    if args.command == "quantize":  # a config command line, like train and decode
+        from MaxText.conversion import quantize  # pylint: disable=import-outside-toplevel
+
+        quantize.quantize_checkpoint(args.config)
+        return 0
     if not os.path.isdir(args.input):
         raise ConfigError(f"--input {args.input}: no such directory")
     # Conversion is host work: keep JAX (used by orbax for process bookkeeping) off any accelerator.

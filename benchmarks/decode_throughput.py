@@ -1,9 +1,10 @@
 """Decode throughput of the serving engine, contiguous and paged KV caches, against Hugging Face generate.
 
     python3 benchmarks/decode_throughput.py [configs/base.yml] [key=value ...] [--preset reference]
-        [--batches 1,4,8,32] [--prompt 64] [--new 64] [--repeats 3] [--no-hf] [--out PATH]
+        [--batches 1,4,8,32] [--quant ,int8w,int8] [--prompt 64] [--new 64] [--repeats 3] [--no-hf]
+        [--out PATH]
 
-For each cache layout and batch size B, an Engine with B slots (the fixed decode batch) serves B requests
+For each weight quantization (--quant: "" float32, int8w, int8), cache layout and batch size B, an Engine with B slots (the fixed decode batch) serves B requests
 of `prompt` random tokens and `new` greedy tokens each (ignore_eos), after a warm-up that compiles
 everything. Measured (wall clock, best of --repeats):
   prefill_ms: one request's prefill (batch 1, prompt bucket = prompt length) to its first token on the host;
@@ -11,17 +12,27 @@ everything. Measured (wall clock, best of --repeats):
   decode_tokens_per_s: B x steps / time of `steps` decode steps with all B slots active (host sync per
               step included, as the server does);
   end_to_end_tokens_per_s: B x new / wall time from submission to the last token.
-Hugging Face: LlamaForCausalLM (torch CPU, float32, eager) with our weights (hf_mappings.params_to_hf),
-model.generate(greedy, B prompts, `new` tokens); ttft = generate(max_new_tokens=1), decode tokens/s =
-B x (new - 1) / (full - ttft). Its first greedy tokens are compared with ours (tokens_match).
-Quantized weights are not measured yet (quantization is not implemented).
+Quantized rows serve int8 weights as a quantized checkpoint holds them (checkpoint_is_quantized: int8
+kernels + scales in memory, conversion/quantize.py), so decode reads a quarter of the weight bytes.
+
+Hugging Face: the same weights exported with `maxtext_to_hf` (a checkpoint of the params written to a temp
+dir, then the exporter), loaded with LlamaForCausalLM.from_pretrained (torch CPU, float32) in a separate
+process, so neither framework's idle worker threads spin on the cores the other is timing. torch uses
+one thread per available core. model.generate(greedy, use_cache, B prompts, an all-ones attention mask,
+pad token 0, no EOS, min_new_tokens = max_new_tokens so every run really decodes `new` tokens), after two
+warm-up calls; ttft = generate(max_new_tokens=1), decode tokens/s = B x (new - 1) / (full - ttft). Its
+first greedy tokens are compared with the float rows' (tokens_match_hf); quantized rows report whether they
+match the float row (tokens_match_float).
 """
 
 import argparse
+import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -43,7 +54,9 @@ def parse_args(argv):
     parser.add_argument("--new", type=int, default=64, help="new tokens per request (default 64)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats, best kept (default 3)")
     parser.add_argument("--page-size", type=int, default=16, help="paged cache page size (default 16)")
+    parser.add_argument("--quant", default=",int8w,int8", help="weight quantizations ('' = float32)")
     parser.add_argument("--no-hf", action="store_true", help="skip the Hugging Face comparison")
+    parser.add_argument("--hf-dir", default=None, help=argparse.SUPPRESS)  # internal: the HF child process
     parser.add_argument("--out", default=None, help="JSON output path (default benchmarks/results/...)")
     args = parser.parse_intermixed_args(argv)
     if args.config is not None and "=" in args.config:
@@ -51,6 +64,7 @@ def parse_args(argv):
         args.config = None
     args.config = args.config or DEFAULT_CONFIG
     args.batches = [int(b) for b in args.batches.split(",")]
+    args.quant = args.quant.split(",")
     return args
 
 
@@ -63,7 +77,7 @@ def _collector(tokens: list):
     return lambda event: tokens.append(event.token)
 
 
-def measure_engine(model, params, args, batch: int, paged: bool) -> dict:
+def measure_engine(model, params, args, batch: int, paged: bool) -> dict:  # pylint: disable=too-many-locals
     """Times one Engine configuration (see the module docstring)."""
     # pylint: disable=import-outside-toplevel
     from MaxText.inference.batcher import Batcher, Request
@@ -99,6 +113,7 @@ def measure_engine(model, params, args, batch: int, paged: bool) -> dict:
         tokens = out
     assert all(len(t) == args.new for t in tokens), "every request must produce `new` tokens"
     return {
+        "quantization": model.config.quantization,
         "cache": "paged" if paged else "contiguous",
         "batch": batch,
         "compile_s": round(compile_s, 2),
@@ -110,41 +125,47 @@ def measure_engine(model, params, args, batch: int, paged: bool) -> dict:
     }
 
 
-def measure_hf(model_cfg, params, args, batch: int) -> dict:
-    """Times transformers' generate on the same weights (see the module docstring)."""
+def export_hf(cfg, params, workdir: str) -> str:
+    """Writes params as a MaxText checkpoint, then exports it with maxtext_to_hf; returns the HF dir."""
+    # pylint: disable=import-outside-toplevel
+    from MaxText.conversion import maxtext_to_hf
+    from MaxText.training import checkpointing
+
+    ckpt = checkpointing.Checkpointer(os.path.join(workdir, "ckpt"), 1, async_save=False)
+    ckpt.save(0, {"params": params}, {}, {"config": checkpointing.config_dict(cfg)})
+    ckpt.close()
+    hf_dir = os.path.join(workdir, "hf")
+    maxtext_to_hf.export(os.path.join(workdir, "ckpt"), hf_dir, log=lambda *_: None)
+    return hf_dir
+
+
+def measure_hf(hf_dir: str, args, batch: int) -> dict:
+    """Times transformers' generate on the exported weights (see the module docstring). No JAX here."""
     # pylint: disable=import-outside-toplevel
     import torch
     import transformers
 
-    from MaxText.models.hf_mappings import params_to_hf
-
-    keys = dict(
-        vocab_size=model_cfg.vocab_size, hidden_size=model_cfg.emb_dim, intermediate_size=model_cfg.mlp_dim,
-        num_hidden_layers=model_cfg.num_decoder_layers, num_attention_heads=model_cfg.num_query_heads,
-        num_key_value_heads=model_cfg.num_kv_heads, head_dim=model_cfg.head_dim,
-        rms_norm_eps=model_cfg.normalization_layer_epsilon, tie_word_embeddings=False,
-        max_position_embeddings=args.prompt + args.new,
-        rope_parameters={"rope_type": "default", "rope_theta": model_cfg.rope_max_timescale},
+    threads = len(os.sched_getaffinity(0))
+    torch.set_num_threads(threads)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    with open(os.path.join(hf_dir, "config.json"), encoding="utf-8") as f:
+        vocab = json.load(f)["vocab_size"]
+    ids = torch.tensor(_prompts(batch, args.prompt, vocab))
+    kwargs = dict(
+        attention_mask=torch.ones_like(ids), do_sample=False, use_cache=True, pad_token_id=0,
+        eos_token_id=None,
     )  # fmt: skip
-    # transformers' config classes take these through **kwargs, which pylint misreads as unexpected.
-    hf_cfg = transformers.LlamaConfig(**keys)  # pylint: disable=unexpected-keyword-arg
-    hf = transformers.LlamaForCausalLM(hf_cfg).eval()
-    state = {
-        k: torch.from_numpy(np.array(v))  # a writable copy: torch warns on read-only arrays
-        for k, v in params_to_hf("llama2", params, model_cfg).items()
-    }
-    missing, unexpected = hf.load_state_dict(state, strict=False)
-    assert not unexpected and all("rotary" in m for m in missing), (missing, unexpected)
-    ids = torch.tensor(_prompts(batch, args.prompt, model_cfg.vocab_size))
-    kwargs = dict(do_sample=False, pad_token_id=0, eos_token_id=None)
 
     def run(new):
         t0 = time.perf_counter()
         with torch.inference_mode():
             out = hf.generate(ids, max_new_tokens=new, min_new_tokens=new, **kwargs)
-        return time.perf_counter() - t0, out
+        elapsed = time.perf_counter() - t0
+        assert out.shape[1] == args.prompt + new, "generate must decode exactly `new` tokens"
+        return elapsed, out
 
-    run(2)  # warm-up
+    for new in (2, args.new):  # warm-up: allocator, kernels, the cache at full length
+        run(new)
     first = min(run(1)[0] for _ in range(args.repeats))
     full, out = min((run(args.new) for _ in range(args.repeats)), key=lambda r: r[0])
     return {
@@ -154,7 +175,58 @@ def measure_hf(model_cfg, params, args, batch: int) -> dict:
         "end_to_end_tokens_per_s": round(batch * args.new / full, 1),
         "first_tokens": out[0, args.prompt : args.prompt + 8].tolist(),
         "torch_threads": torch.get_num_threads(),
+        "attn_implementation": hf.config._attn_implementation,  # pylint: disable=protected-access
     }
+
+
+def hf_rows_in_child(hf_dir: str, args) -> list:
+    """Runs measure_hf for every batch in a fresh process (this script with --hf-dir)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "hf.json")
+        cmd = [sys.executable, os.path.abspath(__file__), "--hf-dir", hf_dir, "--out", out,
+               "--batches", ",".join(map(str, args.batches)), "--prompt", str(args.prompt),
+               "--new", str(args.new), "--repeats", str(args.repeats)]  # fmt: skip
+        subprocess.run(cmd, check=True)
+        with open(out, encoding="utf-8") as f:
+            return json.load(f)
+
+
+def quantized_params(model_cfg, params, mode: str):
+    """(model, params) serving `mode`: int8 kernels + scales in memory, as a quantized checkpoint loads."""
+    # pylint: disable=import-outside-toplevel
+    import flax.linen as nn
+    import jax
+
+    from MaxText.layers.quantizations import quantize_params
+    from MaxText.training.train_state import init_params_boxed, make_model
+
+    model = make_model(model_cfg.replace(quantization=mode, checkpoint_is_quantized=bool(mode)))
+    if not mode:
+        return model, params
+    target = nn.unbox(jax.eval_shape(lambda: init_params_boxed(model, jax.random.key(0))))
+    return model, jax.jit(lambda p: quantize_params(p, target))(params)
+
+
+def _compare(rows, hf_rows):
+    """Adds speedup_vs_hf_decode and token agreement (with HF for float rows, else with the float row)."""
+    for row in rows:
+        hf_row = next((h for h in hf_rows if h["batch"] == row["batch"]), None)
+        if hf_row:
+            row["speedup_vs_hf_decode"] = round(row["decode_tokens_per_s"] / hf_row["decode_tokens_per_s"], 2)
+        if not row["quantization"]:
+            if hf_row:
+                row["tokens_match_hf"] = row["first_tokens"] == hf_row["first_tokens"]
+            continue
+        float_row = next(
+            (
+                f
+                for f in rows
+                if not f["quantization"] and (f["cache"], f["batch"]) == (row["cache"], row["batch"])
+            ),
+            None,
+        )
+        if float_row:
+            row["tokens_match_float"] = row["first_tokens"] == float_row["first_tokens"]
 
 
 def run_all(args, cfg) -> dict:
@@ -170,15 +242,18 @@ def run_all(args, cfg) -> dict:
     model_cfg = model_config(cfg)
     model = make_model(model_cfg)
     params = nn.unbox(init_params_boxed(model, jax.random.key(0)))
-    rows = [measure_engine(model, params, args, b, paged) for paged in (False, True) for b in args.batches]
-    hf_rows = [] if args.no_hf else [measure_hf(model_cfg, params, args, b) for b in args.batches]
-    for hf_row in hf_rows:
-        for row in rows:
-            if row["batch"] == hf_row["batch"]:
-                row["speedup_vs_hf_decode"] = round(
-                    row["decode_tokens_per_s"] / hf_row["decode_tokens_per_s"], 2
-                )
-                row["tokens_match_hf"] = row["first_tokens"] == hf_row["first_tokens"]
+    rows = []
+    for mode in args.quant:
+        q_model, q_params = quantized_params(model_cfg, params, mode)
+        rows += [
+            measure_engine(q_model, q_params, args, b, paged) for paged in (False, True) for b in args.batches
+        ]
+        del q_params
+    hf_rows = []
+    if not args.no_hf:
+        with tempfile.TemporaryDirectory() as workdir:
+            hf_rows = hf_rows_in_child(export_hf(cfg, params, workdir), args)
+    _compare(rows, hf_rows)
     return {
         "benchmark": "decode_throughput",
         "preset": args.preset,
@@ -196,7 +271,6 @@ def run_all(args, cfg) -> dict:
         "jax": jax.__version__,
         "maxtext": rows,
         "huggingface": hf_rows,
-        "quantized": "not measured: quantization is not implemented yet",
     }
 
 
@@ -207,8 +281,9 @@ def summary(r: dict) -> str:
         f"{'impl':<22}{'B':>4}{'prefill ms':>12}{'TTFT ms':>10}{'decode tok/s':>14}{'e2e tok/s':>11}{'vs HF':>7}"
     )
     for row in r["maxtext"]:
+        name = f"maxtext {row['cache']} {row['quantization'] or 'f32'}"
         lines.append(
-            f"{'maxtext ' + row['cache']:<22}{row['batch']:>4}{row['prefill_ms']:>12.1f}{row['ttft_ms']:>10.1f}"
+            f"{name:<22}{row['batch']:>4}{row['prefill_ms']:>12.1f}{row['ttft_ms']:>10.1f}"
             f"{row['decode_tokens_per_s']:>14,.0f}{row['end_to_end_tokens_per_s']:>11,.0f}"
             f"{row.get('speedup_vs_hf_decode', float('nan')):>7.2f}"
         )
@@ -223,6 +298,11 @@ def summary(r: dict) -> str:
 def main(argv) -> int:
     """Parses, measures, prints the table and writes the JSON record."""
     args = parse_args(argv)
+    if args.hf_dir:  # the Hugging Face child process: torch only
+        rows = [measure_hf(args.hf_dir, args, b) for b in args.batches]
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump(rows, f)
+        return 0
     set_environment("")
     sys.path.insert(0, REPO_ROOT)
     from MaxText.config import exit_on_config_error, load_config  # pylint: disable=import-outside-toplevel

@@ -80,6 +80,11 @@ class ModelConfig:  # pylint: disable=too-many-instance-attributes
     rope_yarn_beta_slow: float = 1.0
     rope_yarn_mscale: float = 0.0
     rope_yarn_mscale_all_dim: float = 0.0
+    # Quantization (layers/quantizations.py); the KV-cache pair shapes the decode cache, not the params.
+    quantization: str = ""
+    checkpoint_is_quantized: bool = False
+    quantize_kvcache: bool = False
+    kv_quant_dtype: str = "int8"
 
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
@@ -102,6 +107,7 @@ MODEL_KEYS = (
     "num_shared_experts", "first_num_dense_layers",
     "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "rope_interleave",
     "rope_yarn_beta_fast", "rope_yarn_beta_slow", "rope_yarn_mscale", "rope_yarn_mscale_all_dim",
+    "quantization", "checkpoint_is_quantized",
 )  # fmt: skip
 
 
@@ -172,6 +178,10 @@ def model_config(cfg: Config) -> ModelConfig:
         rope_yarn_beta_slow=cfg.rope_yarn_beta_slow,
         rope_yarn_mscale=cfg.rope_yarn_mscale,
         rope_yarn_mscale_all_dim=cfg.rope_yarn_mscale_all_dim,
+        quantization=cfg.quantization,
+        checkpoint_is_quantized=cfg.checkpoint_is_quantized,
+        quantize_kvcache=cfg.quantize_kvcache,
+        kv_quant_dtype=cfg.kv_quant_dtype,
     )
 
 

@@ -230,6 +230,13 @@ class Config:  # pylint: disable=too-many-instance-attributes
     max_queue_size: int = _f(gt=0)
     chat_template: str = _f()
 
+    # ---- Quantization ----
+    quantization: str = _f(choices=["", "int8", "int8w", "fp8"])
+    checkpoint_is_quantized: bool = _f()
+    save_quantized_params_path: str = _f()
+    quantize_kvcache: bool = _f()
+    kv_quant_dtype: str = _f(choices=["int8"])
+
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)
 

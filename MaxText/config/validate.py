@@ -187,6 +187,15 @@ def _check_attention(cfg: Config) -> None:
     )
 
 
+def _check_quantization(cfg: Config) -> None:
+    if cfg.checkpoint_is_quantized:
+        _require(
+            cfg.quantization in ("int8", "int8w"),
+            f"quantization={cfg.quantization!r}: checkpoint_is_quantized=true holds int8 kernels; "
+            "expected int8 or int8w",
+        )
+
+
 def check_cross_field(cfg: Config, known_blocks) -> None:
     """Rules that involve several keys. Device-dependent rules live in parallel/mesh.py."""
     _check_data_sources(cfg)
@@ -218,6 +227,7 @@ def check_cross_field(cfg: Config, known_blocks) -> None:
     _check_moe(cfg)
     _check_mla(cfg)
     _check_attention(cfg)
+    _check_quantization(cfg)
     axes = list(MESH_AXES)
     _require(
         sorted(cfg.mesh_axes) == sorted(axes),

@@ -21,7 +21,8 @@ from MaxText.inference.generate import decode_step, prefill
 from MaxText.inference.kv_cache import init_cache, init_paged_cache, with_page_table, without_page_table
 from MaxText.inference.page_manager import PageManager
 from MaxText.inference.sampling import sample_rows
-from MaxText.kernels.paged import NULL_PAGE, write_pages
+from MaxText.kernels.paged import NULL_PAGE
+from MaxText.layers.attention import scatter_tokens
 from MaxText.layers.decoder import unstack_layers
 from MaxText.training.train_state import make_model
 
@@ -151,15 +152,19 @@ class Engine:
         if self.config.paged:
             positions = jnp.arange(jax.tree.leaves(prefix_cache)[0].shape[2], dtype=jnp.int32)[None]
 
-            def put(pool, pre):  # pool {"k": [U, NP, PS, K, H]}, pre {"k": [U, 1, P, K, H]}
-                return jax.vmap(lambda pl, k, v: write_pages(pl, k, v, positions, table_row[None]))(
-                    pool, pre["k"], pre["v"]
-                )
+            def put(pool, pre):  # pool {"k": [U, NP, PS, K, H], ...}, pre {"k": [U, 1, P, K, H], ...}
+                def one_unit(pl, pr):
+                    paged_view = {**pl, "page_table": table_row[None]}
+                    return without_page_table(scatter_tokens(paged_view, pr, positions))
+
+                return jax.vmap(one_unit)(pool, pre)
 
             cache = _map_layers(put, cache, prefix_cache)
         else:
             cache = jax.tree.map(
-                lambda c, p: jax.lax.dynamic_update_slice(c, p.astype(c.dtype), (0, slot, 0, 0, 0)),
+                lambda c, p: jax.lax.dynamic_update_slice(
+                    c, p.astype(c.dtype), (0, slot) + (0,) * (c.ndim - 2)
+                ),
                 cache,
                 prefix_cache,
             )

@@ -12,6 +12,10 @@ The paged cache has the same tree with each layer's {"k", "v"} a pool of pages [
 all rows (NP pages of PS slots; kernels/paged.py documents the addressing). The model reads a row's pages
 through a page table [B, MP]; `with_page_table` puts it into every layer's dict for one call and
 `without_page_table` takes it out again, so the stored cache is just the pool. Only K/V caches page.
+
+quantize_kvcache=true (kv_quant_dtype=int8) stores "k"/"v" as int8 and adds "k_scale"/"v_scale" [U, B, S, K]
+(paged: [U, NP, PS, K]) in float32, one scale per token and head: attention.write_cache quantizes, and
+attention reads dequantize (layers/quantizations.py). Only K/V caches quantize.
 """
 
 import jax.numpy as jnp
@@ -24,18 +28,24 @@ from MaxText.models import registry
 
 def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=None) -> dict:
     """Zeroed cache for `batch` rows of `length` slots, in the model's activation dtype by default."""
+    if cfg.quantize_kvcache:
+        _require_kv(cfg, "quantize_kvcache=true", "quantized layout; expected quantize_kvcache=false")
     return _zeros(cfg, (batch, length), dtype)
 
 
 def init_paged_cache(cfg: ModelConfig, num_pages: int, page_size: int, dtype=None) -> dict:
     """Zeroed pool of `num_pages` pages of `page_size` slots per layer (page 0 is the null page)."""
+    _require_kv(cfg, "kv_cache='paged'", "paged kernel; expected kv_cache=contiguous")
+    return _zeros(cfg, (num_pages, page_size), dtype)
+
+
+def _require_kv(cfg: ModelConfig, setting: str, lacks: str) -> None:
     latent = [s.name for s in registry.stacks(cfg) if set(_per_token(cfg, s.block)) != {"k", "v"}]
     if latent:
         raise ConfigError(
-            f"kv_cache='paged': decoder_block={cfg.decoder_block!r} keeps a latent (not K/V) cache in "
-            f"{', '.join(latent)}, which has no paged kernel; expected kv_cache=contiguous"
+            f"{setting}: decoder_block={cfg.decoder_block!r} keeps a latent (not K/V) cache in "
+            f"{', '.join(latent)}, which has no {lacks}"
         )
-    return _zeros(cfg, (num_pages, page_size), dtype)
 
 
 def with_page_table(pool: dict, page_table) -> dict:
@@ -53,7 +63,7 @@ def with_page_table(pool: dict, page_table) -> dict:
 def without_page_table(cache: dict) -> dict:
     """The pool alone: every layer's page_table removed (the inverse of with_page_table)."""
     if "k" in cache:
-        return {"k": cache["k"], "v": cache["v"]}
+        return {name: x for name, x in cache.items() if name != "page_table"}
     return {name: without_page_table(sub) for name, sub in cache.items()}
 
 
@@ -71,6 +81,12 @@ def _zeros(cfg: ModelConfig, rows_slots: tuple, dtype) -> dict:
         per_token = _per_token(cfg, stack.block)
 
         def layer_cache(per_token=per_token, prefix=(stack.length, *rows_slots)):
+            if cfg.quantize_kvcache:  # int8 values, and one float32 scale per token and head
+                kv = {name: jnp.zeros(prefix + shape, jnp.int8) for name, shape in per_token.items()}
+                return {
+                    **kv,
+                    **{f"{n}_scale": jnp.ones(prefix + s[:-1], jnp.float32) for n, s in per_token.items()},
+                }
             return {name: jnp.zeros(prefix + shape, dtype) for name, shape in per_token.items()}
 
         if stack.sublayers:

@@ -37,15 +37,17 @@ def attention(q, k, v, q_pos, k_pos, q_seg, k_seg, spec: AttentionSpec):
     return KERNELS[name](q, k, v, q_pos, k_pos, q_seg, k_seg, spec)
 
 
-def paged_attention(q, k_pages, v_pages, page_table, q_pos, spec: AttentionSpec):
+def paged_attention(q, k_pages, v_pages, page_table, q_pos, spec: AttentionSpec, k_scale=None, v_scale=None):
     """Decode step over a paged cache (same contract as paged.paged_attention_reference).
 
-    The Pallas kernel takes one query per row; a multi-token step (T > 1) uses the reference, which has the
-    same definition."""
+    The Pallas kernel takes one query per row of float pages; a multi-token step (T > 1) or an int8 pool with
+    scales (quantize_kvcache) uses the reference, which has the same definition and dequantizes after its
+    gather."""
     on = select.platform()
-    if select.decode_kernel(spec.kernel, on, paged=True) == "paged" and q.shape[1] == 1:
+    quantized = k_scale is not None
+    if select.decode_kernel(spec.kernel, on, paged=True) == "paged" and q.shape[1] == 1 and not quantized:
         return paged_attention_pallas(q, k_pages, v_pages, page_table, q_pos, spec, interpret=on != "gpu")
-    return paged_attention_reference(q, k_pages, v_pages, page_table, q_pos, spec)
+    return paged_attention_reference(q, k_pages, v_pages, page_table, q_pos, spec, k_scale, v_scale)
 
 
 __all__ = [

@@ -43,14 +43,20 @@ def gather_pages(pool, page_table):
     return rows.reshape((b, mp * pool.shape[1]) + pool.shape[2:])
 
 
-def paged_attention_reference(q, k_pages, v_pages, page_table, q_pos, spec: AttentionSpec):
+def paged_attention_reference(
+    q, k_pages, v_pages, page_table, q_pos, spec: AttentionSpec, k_scale=None, v_scale=None
+):
     """q [B, T, N, H] at positions q_pos [B, T] against the rows' paged keys -> [B, T, N, H].
 
     The definition: gather each row's pages into a contiguous view, then dot-product attention where slot
-    j holds position j (causal, window and soft cap as the spec says).
+    j holds position j (causal, window and soft cap as the spec says). An int8 pool comes with scale
+    pools [NP, PS, K] (quantize_kvcache), gathered alike and multiplied in after the gather.
     """
     k = gather_pages(k_pages, page_table).astype(q.dtype)
     v = gather_pages(v_pages, page_table).astype(q.dtype)
+    if k_scale is not None:
+        k = k * gather_pages(k_scale, page_table)[..., None].astype(q.dtype)
+        v = v * gather_pages(v_scale, page_table)[..., None].astype(q.dtype)
     b, s = k.shape[:2]
     slots = jnp.broadcast_to(jnp.arange(s, dtype=q_pos.dtype), (b, s))
     ones_q, ones_k = jnp.ones_like(q_pos), jnp.ones_like(slots)

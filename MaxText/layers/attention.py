@@ -26,21 +26,39 @@ from MaxText.layers.common import constrain
 from MaxText.layers.embeddings import RopeConfig, apply_rope
 from MaxText.layers.linears import DenseGeneral
 from MaxText.layers.normalizations import RMSNorm
+from MaxText.layers.quantizations import QuantConfig, dequantize_kv, quantize_kv
 
 MODES = ("train", "prefill", "autoregressive")
 
 
+def scatter_tokens(cache: dict, values: dict, positions) -> dict:
+    """Writes each per-token array of `values` ([B, T, ...], keyed like the cache) at slots `positions`
+    [B, T] of each row, through the rows' pages when the cache is paged."""
+    if "page_table" in cache:
+        index = paged.page_slots(cache["page_table"], positions, cache["k"].shape[1])
+    else:
+        index = (jnp.arange(positions.shape[0])[:, None], positions)
+    return {
+        **cache,
+        **{name: cache[name].at[index].set(x.astype(cache[name].dtype)) for name, x in values.items()},
+    }
+
+
 def write_cache(cache: dict, k, v, positions) -> dict:
     """Scatters k/v [B, T, K, H] into cache slots `positions` [B, T] of each row (through its pages when
-    the cache is paged)."""
-    if "page_table" in cache:
-        table = cache["page_table"]
-        return {**paged.write_pages(cache, k, v, positions, table), "page_table": table}
-    rows = jnp.arange(k.shape[0])[:, None]
-    return {
-        "k": cache["k"].at[rows, positions].set(k.astype(cache["k"].dtype)),
-        "v": cache["v"].at[rows, positions].set(v.astype(cache["v"].dtype)),
-    }
+    the cache is paged). A quantized cache (with k_scale/v_scale [.., K]) stores int8 and one scale per
+    token and head."""
+    values = {"k": k, "v": v}
+    if "k_scale" in cache:
+        (values["k"], values["k_scale"]), (values["v"], values["v_scale"]) = quantize_kv(k), quantize_kv(v)
+    return scatter_tokens(cache, values, positions)
+
+
+def read_cache(cache: dict, name: str, dtype):
+    """The cache's "k" or "v" in `dtype`, dequantized when the cache holds int8 and scales."""
+    if f"{name}_scale" in cache:
+        return dequantize_kv(cache[name], cache[f"{name}_scale"], dtype)
+    return cache[name].astype(dtype)
 
 
 class Attention(nn.Module):
@@ -67,6 +85,7 @@ class Attention(nn.Module):
     dtype: jnp.dtype = jnp.float32
     weight_dtype: jnp.dtype = jnp.float32
     precision: jax.lax.Precision = jax.lax.Precision.DEFAULT
+    quant: QuantConfig = QuantConfig()
 
     def _spec(self, kernel):
         scale = self.scale if self.scale is not None else self.head_dim**-0.5
@@ -87,6 +106,7 @@ class Attention(nn.Module):
         dense = dict(
             dtype=self.dtype, weight_dtype=self.weight_dtype, precision=self.precision, use_bias=self.use_bias
         )
+        dense["quant"] = self.quant
         n, kh, h = self.num_query_heads, self.num_kv_heads, self.head_dim
         q = DenseGeneral((n, h), kernel_axes=("embed", "q_heads", "kv"), name="query", **dense)(x)
         k = DenseGeneral((kh, h), kernel_axes=("embed", "kv_heads", "kv"), name="key", **dense)(x)
@@ -124,8 +144,9 @@ class Attention(nn.Module):
         elif "page_table" in cache:
             new_cache = write_cache(cache, k, v, positions)
             out = kernels.paged_attention(
-                q, new_cache["k"], new_cache["v"], new_cache["page_table"], positions, self._spec(self.kernel)
-            )
+                q, new_cache["k"], new_cache["v"], new_cache["page_table"], positions, self._spec(self.kernel),
+                new_cache.get("k_scale"), new_cache.get("v_scale"),
+            )  # fmt: skip
         else:
             new_cache = write_cache(cache, k, v, positions)
             b, s = new_cache["k"].shape[:2]
@@ -133,7 +154,7 @@ class Attention(nn.Module):
             ones_q = jnp.ones_like(positions)
             # One query per row against a long cache: the reference kernel is the efficient choice here.
             out = kernels.attention(
-                q, new_cache["k"].astype(self.dtype), new_cache["v"].astype(self.dtype),
+                q, read_cache(new_cache, "k", self.dtype), read_cache(new_cache, "v", self.dtype),
                 positions, slots, ones_q, jnp.ones_like(slots), self._spec("dot_product"),
             )  # fmt: skip
         out = constrain(out, ("activation_batch", "activation_length", "activation_heads", "activation_kv"))

@@ -28,6 +28,7 @@ from MaxText.config.derived import ModelConfig
 from MaxText.layers.common import constrain, dtype_of, precision_of
 from MaxText.layers.embeddings import Embed
 from MaxText.layers.linears import DenseGeneral
+from MaxText.layers.quantizations import quant_config
 from MaxText.layers.normalizations import make_norm
 from MaxText.models import registry
 
@@ -126,6 +127,7 @@ class Decoder(nn.Module):
                 dtype=logits_dtype,
                 weight_dtype=wdtype,
                 precision=precision_of(cfg.matmul_precision),
+                quant=quant_config(cfg),
                 name="logits_dense",
             )(x)
         if cfg.final_logits_soft_cap > 0:

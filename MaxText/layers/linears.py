@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from MaxText.layers.common import constrain, param_with_axes
+from MaxText.layers.quantizations import QuantConfig, quantized_dot
 
 ACTIVATIONS = {
     "silu": jax.nn.silu,
@@ -62,6 +63,8 @@ class DenseGeneral(nn.Module):
 
     Kernel shape is in_shape + features, with logical names `kernel_axes`. No bias unless use_bias.
     Inputs are cast to `dtype`; the kernel is stored in `weight_dtype` and cast for the matmul.
+    `quant` (layers/quantizations.py) quantizes the matmul; with quant.stored the kernel is int8 and a
+    float32 `kernel_scale` (kernel's shape with the input axes 1) sits beside it.
     """
 
     features: Sequence[int]
@@ -72,6 +75,7 @@ class DenseGeneral(nn.Module):
     precision: jax.lax.Precision = jax.lax.Precision.DEFAULT
     use_bias: bool = False
     kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+    quant: QuantConfig = QuantConfig()
 
     @nn.compact
     def __call__(self, x):
@@ -83,14 +87,33 @@ class DenseGeneral(nn.Module):
         init = nn.initializers.variance_scaling(
             1.0, "fan_in", "truncated_normal", in_axis=fan_in_axes, out_axis=fan_out_axes
         )
-        kernel = param_with_axes(
-            self, "kernel", init, in_shape + features, self.weight_dtype, self.kernel_axes
-        ).astype(self.dtype)
         x = x.astype(self.dtype)
         trailing = tuple(range(x.ndim - len(axis), x.ndim))
         if axis != trailing:  # dense_dot contracts trailing axes; XLA folds this transpose into the dot
             x = jnp.moveaxis(x, axis, trailing)
-        y = dense_dot(x, kernel, len(axis), self.precision)
+        num_in = len(axis)
+
+        def dot(a, b, _, preferred_element_type):
+            if preferred_element_type is None:
+                return dense_dot(a, b, num_in, self.precision)
+            dims = ((tuple(range(a.ndim - num_in, a.ndim)), tuple(range(num_in))), ((), ()))
+            return jax.lax.dot_general(a, b, dims, self.precision, preferred_element_type)
+
+        w_scale = None
+        if self.quant.stored:
+            kernel = param_with_axes(
+                self, "kernel", nn.initializers.zeros, in_shape + features, jnp.int8, self.kernel_axes
+            )
+            scale_shape = (1,) * num_in + features
+            scale_axes = ((None,) * num_in + tuple(self.kernel_axes[num_in:])) if self.kernel_axes else ()
+            w_scale = param_with_axes(
+                self, "kernel_scale", nn.initializers.ones, scale_shape, jnp.float32, scale_axes
+            )
+        else:
+            kernel = param_with_axes(
+                self, "kernel", init, in_shape + features, self.weight_dtype, self.kernel_axes
+            ).astype(self.dtype)
+        y = quantized_dot(self.quant, dot, x, kernel, trailing, tuple(range(num_in)), w_scale=w_scale)
         if self.use_bias:
             bias = param_with_axes(
                 self,
@@ -116,11 +139,16 @@ class MlpBlock(nn.Module):
     weight_dtype: jnp.dtype = jnp.float32
     precision: jax.lax.Precision = jax.lax.Precision.DEFAULT
     use_bias: bool = False
+    quant: QuantConfig = QuantConfig()
 
     @nn.compact
     def __call__(self, x):
         dense = dict(
-            dtype=self.dtype, weight_dtype=self.weight_dtype, precision=self.precision, use_bias=self.use_bias
+            dtype=self.dtype,
+            weight_dtype=self.weight_dtype,
+            precision=self.precision,
+            use_bias=self.use_bias,
+            quant=self.quant,
         )
         hidden = None
         for i, act in enumerate(self.activations):

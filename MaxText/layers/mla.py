@@ -32,6 +32,7 @@ from MaxText.layers.common import constrain
 from MaxText.layers.embeddings import RopeConfig, apply_rope
 from MaxText.layers.linears import DenseGeneral
 from MaxText.layers.normalizations import RMSNorm
+from MaxText.layers.quantizations import QuantConfig, dequantize
 
 
 def write_latent_cache(cache: dict, latent, k_rope, positions) -> dict:
@@ -62,6 +63,7 @@ class MLA(nn.Module):
     dtype: jnp.dtype = jnp.float32
     weight_dtype: jnp.dtype = jnp.float32
     precision: jax.lax.Precision = jax.lax.Precision.DEFAULT
+    quant: QuantConfig = QuantConfig()
 
     def _dense(self, features, axes, name, axis=-1):
         return DenseGeneral(
@@ -71,6 +73,7 @@ class MLA(nn.Module):
             dtype=self.dtype,
             weight_dtype=self.weight_dtype,
             precision=self.precision,
+            quant=self.quant,
             name=name,
         )
 
@@ -103,6 +106,8 @@ class MLA(nn.Module):
             new_cache = write_latent_cache(cache, latent, k_rope, positions)
             wkv_b(latent[:, :0])  # binds (and at init creates) the kernel; no tokens expanded
             kernel = wkv_b.variables["params"]["kernel"]
+            if self.quant.stored:  # absorbed into the query in float: dequantize the stored int8 kernel
+                kernel = dequantize(kernel, wkv_b.variables["params"]["kernel_scale"], self.dtype)
             out = self._absorbed_attention(q_nope, q_rope, kernel, new_cache, positions)
         else:
             if mode == "prefill":

@@ -36,6 +36,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from MaxText.layers.common import constrain, param_with_axes
 from MaxText.layers.linears import ACTIVATIONS, DenseGeneral, MlpBlock
+from MaxText.layers.quantizations import QuantConfig, quantized_dot
 
 LB_LOSS_NAME = "moe_lb_loss"
 
@@ -100,10 +101,11 @@ def _expert_mlp(x, wi, wo, activations, matmul):
     return checkpoint_name(matmul(hidden, wo), "mlpwo")
 
 
-def dropless_experts(x, weights, experts, wi, wo, activations, precision=None):
+def dropless_experts(x, weights, experts, wi, wo, activations, precision=None, quant=QuantConfig()):
     """sum_k weights[n, k] x expert_{experts[n, k]}(x[n]) with ragged_dot over expert-sorted rows.
 
     x [N, D]; weights, experts [N, K]; wi: one [E, D, F] per activation; wo [E, F, D] -> [N, D].
+    Each matmul is quantized as `quant` says (weights per expert and output channel).
     """
     n, k = experts.shape
     num_experts = wo.shape[0]
@@ -112,8 +114,12 @@ def dropless_experts(x, weights, experts, wi, wo, activations, precision=None):
     group_sizes = jnp.bincount(flat, length=num_experts).astype(jnp.int32)
     rows = x[order // k]
 
+    def dot(lhs, w, sizes, preferred_element_type):
+        w = w if preferred_element_type else w.astype(lhs.dtype)
+        return jax.lax.ragged_dot(lhs, w, sizes, precision, preferred_element_type)
+
     def matmul(lhs, w):
-        return jax.lax.ragged_dot(lhs, w.astype(lhs.dtype), group_sizes, precision=precision)
+        return quantized_dot(quant, dot, lhs, w, (1,), (1,), aux=group_sizes)
 
     out = _expert_mlp(rows, wi, wo, activations, matmul)
     out = out[jnp.argsort(order)].reshape(n, k, -1)  # back to assignment order: a gather, not a scatter
@@ -125,7 +131,9 @@ def capacity(num_assignments: int, num_experts: int, capacity_factor: float) -> 
     return max(1, math.ceil(num_assignments / num_experts * capacity_factor))
 
 
-def capacity_experts(x, weights, experts, wi, wo, activations, capacity_factor, precision=None):
+def capacity_experts(
+    x, weights, experts, wi, wo, activations, capacity_factor, precision=None, quant=QuantConfig()
+):
     """Like dropless_experts, but each expert takes at most `capacity` assignments (choice-major priority);
     the others are dropped (contribute zero). Same shapes as dropless_experts."""
     n, k = experts.shape
@@ -140,8 +148,14 @@ def capacity_experts(x, weights, experts, wi, wo, activations, capacity_factor, 
     buf = jnp.zeros((num_experts * c, x.shape[-1]), x.dtype).at[dest].set(x[token], mode="drop")
     buf = buf.reshape(num_experts, c, -1)
 
+    def dot(lhs, w, _, preferred_element_type):
+        w = w if preferred_element_type else w.astype(lhs.dtype)
+        return jnp.einsum(
+            "ecd,edf->ecf", lhs, w, precision=precision, preferred_element_type=preferred_element_type
+        )
+
     def matmul(lhs, w):
-        return jnp.einsum("ecd,edf->ecf", lhs, w.astype(lhs.dtype), precision=precision)
+        return quantized_dot(quant, dot, lhs, w, (2,), (1,))
 
     out = _expert_mlp(buf, wi, wo, activations, matmul).reshape(num_experts * c, -1)
     out = jnp.where(kept[:, None], out[jnp.minimum(dest, num_experts * c - 1)], 0.0)
@@ -161,6 +175,7 @@ class MoeBlock(nn.Module):
     dtype: jnp.dtype = jnp.float32
     weight_dtype: jnp.dtype = jnp.float32
     precision: jax.lax.Precision = jax.lax.Precision.DEFAULT
+    quant: QuantConfig = QuantConfig()
 
     def _expert_weights(self, d: int):
         e, f = self.routing.num_experts, self.expert_dim
@@ -207,12 +222,22 @@ class MoeBlock(nn.Module):
         self.sow("intermediates", LB_LOSS_NAME, load_balance_loss(scores, experts, mask, rc.score_func))
         wi, wo = self._expert_weights(d)
         tokens = tokens.astype(self.dtype)
+        # Stored (checkpoint_is_quantized) int8 experts are not written yet: those matmuls quantize on the fly.
+        quant = QuantConfig(self.quant.mode)
         if self.capacity_factor > 0:
             out = capacity_experts(
-                tokens, weights, experts, wi, wo, self.activations, self.capacity_factor, self.precision
+                tokens,
+                weights,
+                experts,
+                wi,
+                wo,
+                self.activations,
+                self.capacity_factor,
+                self.precision,
+                quant,
             )
         else:
-            out = dropless_experts(tokens, weights, experts, wi, wo, self.activations, self.precision)
+            out = dropless_experts(tokens, weights, experts, wi, wo, self.activations, self.precision, quant)
         out = constrain(
             out.reshape(b, t, d).astype(self.dtype),
             ("activation_batch", "activation_length", "activation_embed"),
@@ -224,6 +249,7 @@ class MoeBlock(nn.Module):
                 dtype=self.dtype,
                 weight_dtype=self.weight_dtype,
                 precision=self.precision,
+                quant=self.quant,
                 name="shared_experts",
             )(x)
         return out

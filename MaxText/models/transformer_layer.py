@@ -23,6 +23,7 @@ from MaxText.layers.common import constrain, dtype_of, precision_of
 from MaxText.layers.embeddings import RopeConfig, yarn_mscale
 from MaxText.layers.linears import MlpBlock
 from MaxText.layers.normalizations import make_norm
+from MaxText.layers.quantizations import quant_config
 from MaxText.models.registry import Stack
 
 # The residual stream between blocks: its length axis is what tensor-sequence parallelism shards.
@@ -97,11 +98,12 @@ def norm(cfg: ModelConfig, name: str) -> nn.Module:
 
 
 def numerics(cfg: ModelConfig) -> dict:
-    """The dtype, weight_dtype and precision keyword arguments of a layer, from the config."""
+    """The dtype, weight_dtype, precision and quant keyword arguments of a layer, from the config."""
     return dict(
         dtype=dtype_of(cfg.dtype),
         weight_dtype=dtype_of(cfg.weight_dtype),
         precision=precision_of(cfg.matmul_precision),
+        quant=quant_config(cfg),
     )
 
 

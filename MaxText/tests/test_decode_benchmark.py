@@ -1,4 +1,5 @@
-"""benchmarks/decode_throughput.py runs end to end on a tiny config (HF comparison included) and writes JSON."""
+"""benchmarks/decode_throughput.py runs end to end on a tiny config (int8w weights and the HF comparison, on
+weights exported with maxtext_to_hf, included) and writes JSON."""
 
 import json
 import os
@@ -18,7 +19,7 @@ def test_decode_throughput_writes_json(tmp_path):
     out = tmp_path / "result.json"
     cmd = [
         sys.executable, SCRIPT, "configs/base.yml", "model_name=test-tiny", "vocab_size=512",
-        "logits_via_embedding=false", "--batches", "2", "--prompt", "8", "--new", "6", "--repeats", "1",
+        "logits_via_embedding=false", "--batches", "2", "--quant", ",int8w", "--prompt", "8", "--new", "6", "--repeats", "1",
         "--out", str(out),
     ]  # fmt: skip
     proc = subprocess.run(
@@ -27,9 +28,15 @@ def test_decode_throughput_writes_json(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(out.read_text())
-    assert [(row["cache"], row["batch"]) for row in r["maxtext"]] == [("contiguous", 2), ("paged", 2)]
+    assert [(row["quantization"], row["cache"], row["batch"]) for row in r["maxtext"]] == [
+        ("", "contiguous", 2), ("", "paged", 2), ("int8w", "contiguous", 2), ("int8w", "paged", 2),
+    ]  # fmt: skip
     for row in r["maxtext"]:
         assert row["decode_tokens_per_s"] > 0 and row["ttft_ms"] > 0 and row["prefill_ms"] > 0
-        assert row["tokens_match_hf"], (row, r["huggingface"])  # same weights, same greedy tokens
-    assert r["huggingface"][0]["decode_tokens_per_s"] > 0
+        if not row["quantization"]:
+            assert row["tokens_match_hf"], (row, r["huggingface"])  # same weights, same greedy tokens
+        else:
+            assert "tokens_match_float" in row and row["speedup_vs_hf_decode"] > 0
+    hf = r["huggingface"][0]
+    assert hf["decode_tokens_per_s"] > 0 and hf["torch_threads"] == len(os.sched_getaffinity(0))
     assert "decode tok/s" in proc.stdout
