@@ -4,7 +4,7 @@
 #
 #   bash setup.sh                      # CPU (default); includes test/lint tools and the parity-test deps
 #   DEVICE=gpu bash setup.sh           # + jax[cuda12] at the pinned jax version (JAX_CUDA=cuda13 for CUDA 13)
-#   DEVICE=tpu bash setup.sh           # + jax[tpu] (libtpu) at the pinned jax version
+#   DEVICE=tpu bash setup.sh           # + jax[tpu] and libtpu (requirements-tpu.txt) at the pinned jax version
 #
 # Options (environment variables):
 #   DEVICE=cpu|gpu|tpu    accelerator support to install (default cpu)
@@ -14,6 +14,9 @@
 #                         default 1 for DEVICE=cpu, 0 for gpu/tpu (PyPI's torch is a multi-GB CUDA build)
 #   INSTALL_PACKAGE=1|0   finish with `pip install -e .` (default 1; the Dockerfiles use 0 to cache deps)
 #   FORCE=1               run pip even when every pin is already satisfied
+#   LIBTPU_TARGET_DIR=DIR also unpack libtpu (requirements-tpu.txt) into DIR, outside the environment, for
+#                         MaxText.train_compile's TPU targets (PYTHONPATH=DIR); default under CI=true:
+#                         ~/.cache/maxtext/libtpu-<version> (the tests look there), else unset (skipped)
 #
 # Versions come from requirements.txt (direct deps) and constraints.txt (the whole closure), so two runs a
 # month apart install the same thing. Safe to re-run: when every pin is already installed it does nothing.
@@ -67,13 +70,16 @@ log "$("${PYTHON}" -m pip --version)"
 STEP="check options"
 JAX_VERSION="$(sed -n 's/^jax==\([^[:space:]#]*\).*/\1/p' requirements.txt)"
 [[ -n "${JAX_VERSION}" ]] || die "could not read the jax pin (jax==...) from requirements.txt"
+LIBTPU_REQ="$(sed -n 's/^\(libtpu==[^[:space:]#]*\).*/\1/p' requirements-tpu.txt)"
+[[ -n "${LIBTPU_REQ}" ]] || die "could not read the libtpu pin (libtpu==...) from requirements-tpu.txt"
+if [[ "${CI:-}" == "true" ]]; then LIBTPU_TARGET_DIR="${LIBTPU_TARGET_DIR:-${HOME}/.cache/maxtext/libtpu-${LIBTPU_REQ#libtpu==}}"; fi
 EXTRA_REQS=()
 case "${DEVICE}" in
   cpu) ;;
   gpu)
     [[ "${JAX_CUDA}" == "cuda12" || "${JAX_CUDA}" == "cuda13" ]] || die "JAX_CUDA must be cuda12 or cuda13, got '${JAX_CUDA}'"
     EXTRA_REQS=("jax[${JAX_CUDA}]==${JAX_VERSION}") ;;
-  tpu) EXTRA_REQS=("jax[tpu]==${JAX_VERSION}") ;;
+  tpu) EXTRA_REQS=("jax[tpu]==${JAX_VERSION}" "${LIBTPU_REQ}") ;;
   *) die "DEVICE must be cpu, gpu or tpu, got '${DEVICE}'" ;;
 esac
 REQ_FILES=(requirements.txt)
@@ -189,6 +195,16 @@ elif [[ "${INSTALL_PACKAGE}" == "1" ]]; then
   # Run from / so that the import goes through the installed package, not the current directory.
   (cd / && "${PYTHON}" -c 'import jax, flax, optax, orbax.checkpoint, grain, MaxText; print("[setup] import ok: jax", jax.__version__, "| MaxText from", MaxText.__path__[0])') ||
     die "installed, but 'import MaxText' (or a core dependency) fails; see the traceback above"
+fi
+
+if [[ -n "${LIBTPU_TARGET_DIR:-}" ]]; then
+  STEP="unpack libtpu for train_compile"
+  if [[ -f "${LIBTPU_TARGET_DIR}/libtpu/libtpu.so" && -d "${LIBTPU_TARGET_DIR}/${LIBTPU_REQ/==/-}.dist-info" ]]; then
+    log "libtpu: ${LIBTPU_REQ} already in ${LIBTPU_TARGET_DIR}"
+  else
+    rm -rf "${LIBTPU_TARGET_DIR}"
+    pip_install --no-deps --target "${LIBTPU_TARGET_DIR}" "${LIBTPU_REQ}"
+  fi
 fi
 
 trap - ERR

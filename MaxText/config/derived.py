@@ -7,7 +7,7 @@ never the whole run config, so a model can be built without a training run aroun
 import dataclasses
 import os
 
-from MaxText.config.schema import Config
+from MaxText.config.schema import REMAT_TENSORS, Config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +55,7 @@ class ModelConfig:  # pylint: disable=too-many-instance-attributes
     scan_layers: bool
     param_scan_axis: int
     remat_policy: str
+    remat_custom: tuple = ()  # remat_policy=custom: (tensor, remat|device|offload) pairs
     # Mixture of experts (defaults: a dense model).
     num_experts: int = 0
     num_experts_per_tok: int = 1
@@ -155,6 +156,7 @@ def model_config(cfg: Config) -> ModelConfig:
         scan_layers=cfg.scan_layers,
         param_scan_axis=cfg.param_scan_axis,
         remat_policy=cfg.remat_policy,
+        remat_custom=tuple((t, getattr(cfg, t)) for t in REMAT_TENSORS),
         num_experts=cfg.num_experts,
         num_experts_per_tok=cfg.num_experts_per_tok,
         moe_mlp_dim=cfg.base_moe_mlp_dim,

@@ -36,7 +36,15 @@ REMAT_POLICIES = [
     "save_qkv_proj",
     "save_out_proj",
     "full",
+    "save_dot_except_mlpwi",
+    "save_dot_with_context_except_mlp",
+    "qkv_proj_offloaded",
+    "minimal_offloaded",
+    "custom",
 ]
+# The named activations remat_policy=custom places one by one (layers/remat.py), each a config key.
+REMAT_TENSORS = ("query_proj", "key_proj", "value_proj", "context", "out_proj", "mlpwi", "mlpwo")
+REMAT_CHOICES = ["remat", "device", "offload"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,6 +244,18 @@ class Config:  # pylint: disable=too-many-instance-attributes
     save_quantized_params_path: str = _f()
     quantize_kvcache: bool = _f()
     kv_quant_dtype: str = _f(choices=["int8"])
+
+    # ---- AOT compile and memory ----
+    compile_topology: str = _f()
+    compile_topology_num_slices: int = _f(gt=0)
+    compiled_trainstep_file: str = _f()
+    query_proj: str = _f(choices=REMAT_CHOICES)
+    key_proj: str = _f(choices=REMAT_CHOICES)
+    value_proj: str = _f(choices=REMAT_CHOICES)
+    context: str = _f(choices=REMAT_CHOICES)
+    out_proj: str = _f(choices=REMAT_CHOICES)
+    mlpwi: str = _f(choices=REMAT_CHOICES)
+    mlpwo: str = _f(choices=REMAT_CHOICES)
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)

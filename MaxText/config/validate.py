@@ -5,7 +5,7 @@ import typing
 import yaml
 
 from MaxText.config.errors import ConfigError, suggest
-from MaxText.config.schema import ACTIVATIONS, FIELDS, MESH_AXES, Config
+from MaxText.config.schema import ACTIVATIONS, FIELDS, MESH_AXES, REMAT_TENSORS, Config
 from MaxText.models.registry import LOCAL_GLOBAL_BLOCKS, MLA_BLOCKS, MOE_BLOCKS
 
 
@@ -196,6 +196,18 @@ def _check_quantization(cfg: Config) -> None:
         )
 
 
+def _check_remat(cfg: Config) -> None:
+    """Per-tensor remat keys only mean something under remat_policy=custom: refuse them elsewhere."""
+    if cfg.remat_policy == "custom":
+        return
+    for tensor in REMAT_TENSORS:
+        _require(
+            getattr(cfg, tensor) == "remat",
+            f"{tensor}={getattr(cfg, tensor)!r}: per-tensor placement needs remat_policy=custom "
+            f"(remat_policy={cfg.remat_policy!r})",
+        )
+
+
 def check_cross_field(cfg: Config, known_blocks) -> None:
     """Rules that involve several keys. Device-dependent rules live in parallel/mesh.py."""
     _check_data_sources(cfg)
@@ -228,6 +240,7 @@ def check_cross_field(cfg: Config, known_blocks) -> None:
     _check_mla(cfg)
     _check_attention(cfg)
     _check_quantization(cfg)
+    _check_remat(cfg)
     axes = list(MESH_AXES)
     _require(
         sorted(cfg.mesh_axes) == sorted(axes),

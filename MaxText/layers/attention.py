@@ -157,7 +157,10 @@ class Attention(nn.Module):
                 q, read_cache(new_cache, "k", self.dtype), read_cache(new_cache, "v", self.dtype),
                 positions, slots, ones_q, jnp.ones_like(slots), self._spec("dot_product"),
             )  # fmt: skip
-        out = constrain(out, ("activation_batch", "activation_length", "activation_heads", "activation_kv"))
+        out = checkpoint_name(
+            constrain(out, ("activation_batch", "activation_length", "activation_heads", "activation_kv")),
+            "context",
+        )
         out = DenseGeneral(
             x.shape[-1], axis=(-2, -1), kernel_axes=("heads", "kv", "embed"), name="out", **dense
         )(out)

@@ -29,24 +29,15 @@ from MaxText.layers.common import constrain, dtype_of, precision_of
 from MaxText.layers.embeddings import Embed
 from MaxText.layers.linears import DenseGeneral
 from MaxText.layers.quantizations import quant_config
+from MaxText.layers import remat
 from MaxText.layers.normalizations import make_norm
 from MaxText.models import registry
 
-_NAMES = {
-    "minimal": ("query_proj", "key_proj", "value_proj", "out_proj", "mlpwi", "mlpwo"),
-    "save_dot_except_mlp": ("query_proj", "key_proj", "value_proj", "out_proj"),
-    "save_qkv_proj": ("query_proj", "key_proj", "value_proj"),
-    "save_out_proj": ("out_proj",),
-}
 
-
-def remat_policy(name: str):
-    """The jax.checkpoint policy for a remat_policy name ("none" means no rematerialisation at all)."""
-    if name == "full":
-        return jax.checkpoint_policies.nothing_saveable
-    if name in _NAMES:
-        return jax.checkpoint_policies.save_only_these_names(*_NAMES[name])
-    raise ValueError(f"remat_policy={name!r} has no checkpoint policy")
+def remat_policy(name: str, custom: tuple = ()):
+    """The jax.checkpoint policy for a remat_policy name ("none" means no rematerialisation at all); custom
+    takes (tensor, remat|device|offload) pairs. layers/remat.py lists the names."""
+    return remat.checkpoint_policy(name, custom)
 
 
 class Decoder(nn.Module):
@@ -62,7 +53,7 @@ class Decoder(nn.Module):
             # Arg 4 (mode) is a Python string and must stay static under remat.
             block = nn.remat(
                 block,
-                policy=remat_policy(cfg.remat_policy),
+                policy=remat_policy(cfg.remat_policy, cfg.remat_custom),
                 prevent_cse=not cfg.scan_layers,
                 static_argnums=(4,),
             )

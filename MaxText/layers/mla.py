@@ -127,7 +127,10 @@ class MLA(nn.Module):
             out = kernels.attention(qk, k, v, positions, positions, segment_ids, segment_ids, spec)[
                 ..., :v_dim
             ]
-        out = constrain(out, ("activation_batch", "activation_length", "activation_heads", "activation_kv"))
+        out = checkpoint_name(
+            constrain(out, ("activation_batch", "activation_length", "activation_heads", "activation_kv")),
+            "context",
+        )
         out = self._dense(x.shape[-1], ("heads", "kv", "embed"), "out", axis=(-2, -1))(out)
         return checkpoint_name(out, "out_proj"), new_cache
 

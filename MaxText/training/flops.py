@@ -112,11 +112,12 @@ def _measure_matmul_tflops(n: int = 1024, repeats: int = 5) -> float:
     return 2 * n**3 / best / 1e12
 
 
-def peak_tflops_per_device(configured: float) -> tuple:
-    """(peak TFLOP/s per device, where it came from). Config key wins; then the table; then a measurement."""
+def peak_tflops_per_device(configured: float, kind: str = "") -> tuple:
+    """(peak TFLOP/s per device, where it came from). Config key wins; then the table for `kind` (default:
+    this machine's device kind); then a measurement."""
     if configured > 0:
         return configured, "peak_tflops_per_device"
-    kind = jax.devices()[0].device_kind
+    kind = kind or jax.devices()[0].device_kind
     for name, peak in PEAK_TFLOPS:
         if name.lower() in kind.lower():
             return peak, f"{kind} bf16 dense data sheet"

@@ -131,3 +131,27 @@ def to_target(params: dict, restacks: list, abstract_params: dict) -> dict:
     """Stored-layout params -> the target layout, placed on the target shardings."""
     shardings = jax.tree.map(lambda a: a.sharding, abstract_params)
     return jax.jit(lambda p: _rearrange(p, restacks), out_shardings=shardings)(params)
+
+
+def _is_param_tree(x) -> bool:
+    return isinstance(x, dict) and "decoder" in x
+
+
+def _on_param_trees(state, fn):
+    """Applies fn to every parameter-shaped subtree of a train state (a dict with a "decoder" entry): the
+    params and each optimizer statistic that mirrors them (Adam's mu and nu)."""
+    return jax.tree.map(lambda x: fn(x) if _is_param_tree(x) else x, state, is_leaf=_is_param_tree)
+
+
+def stored_state_abstract(abstract_state, restacks: list):
+    """The target's abstract train state (with shardings) in the checkpoint's layer layout."""
+    return _on_param_trees(abstract_state, lambda p: stored_abstract(p, restacks))
+
+
+def state_to_target(state, restacks: list, abstract_state):
+    """A train state restored in the stored layout -> the target layout (params and optimizer state alike),
+    placed on the target shardings. A bit-exact reshuffle."""
+    shardings = jax.tree.map(lambda a: a.sharding, abstract_state)
+    return jax.jit(lambda s: _on_param_trees(s, lambda p: _rearrange(p, restacks)), out_shardings=shardings)(
+        state
+    )

@@ -22,9 +22,10 @@ from jax.sharding import Mesh, NamedSharding
 from MaxText import input_pipeline
 from MaxText.config import Config, ConfigError, model_config, run_dir
 from MaxText.config.derived import global_batch_size
+from MaxText.layers import remat
 from MaxText.parallel import distributed
 from MaxText.parallel import mesh as mesh_lib
-from MaxText.training import checkpointing, flops, optimizers
+from MaxText.training import aot, checkpointing, flops, layer_layout, optimizers
 from MaxText.training.metrics import MetricsWriter, format_duration, step_line
 from MaxText.training.train_state import TrainState, init_state, make_model, param_count, state_shardings
 from MaxText.training.train_step import eval_step, train_step
@@ -108,11 +109,18 @@ def build(cfg: Config, devices=None) -> Setup:
             f"rows must split into that many microbatches, each divisible by the {dp} data shards"
         )
     mcfg = model_config(cfg)
+    if remat.offloads(cfg.remat_policy, mcfg.remat_custom) and not remat.host_offload_supported(
+        mesh.devices.flat
+    ):
+        raise ConfigError(
+            f"remat_policy={cfg.remat_policy}: offloads activations to pinned host memory, which the "
+            f"{mesh.devices.flat[0].device_kind} devices do not offer; choose a policy without offloading"
+        )
     model = make_model(mcfg)
     tx = optimizers.make_optimizer(cfg)
     abstract_state, shardings = state_shardings(model, tx, mesh, rules)
     mesh_lib.check_params_sharded(abstract_state.params, shardings.params, mesh, cfg.sharding_tolerance)
-    peak, source = flops.peak_tflops_per_device(cfg.peak_tflops_per_device)
+    peak, source = flops.peak_tflops_per_device(cfg.peak_tflops_per_device, mesh.devices.flat[0].device_kind)
     return Setup(
         cfg=cfg,
         mesh=mesh,
@@ -130,19 +138,38 @@ def build(cfg: Config, devices=None) -> Setup:
     )
 
 
-def compile_steps(s: Setup):
-    """The jitted train and eval steps (compiled lazily on first call, once)."""
+def jit_train_step(s: Setup):
+    """The jitted train step: (state, batch) -> (state, metrics), state donated. train and train_compile
+    both build it here, so an ahead-of-time compile is of exactly the step that trains."""
     cfg = s.cfg
     step_fn = functools.partial(
         train_step, s.model, s.tx, s.schedule, cfg.z_loss_multiplier, cfg.gradient_accumulation_steps,
         cfg.init_weights_seed, lb_weight=cfg.load_balance_loss_weight,
     )  # fmt: skip
-    p_train = jax.jit(
+    return jax.jit(
         step_fn,
         in_shardings=(s.shardings, s.batch_sharding),
         out_shardings=(s.shardings, None),
         donate_argnums=(0,),
     )
+
+
+def abstract_step_args(s: Setup) -> tuple:
+    """(state, batch) as ShapeDtypeStructs with their shardings: what the train step is lowered for."""
+    state = checkpointing.abstract_with_shardings(s.abstract_state, s.shardings)
+    shape = (s.global_batch, s.cfg.max_target_length)
+    batch = {k: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=s.batch_sharding) for k in BATCH_KEYS}
+    return state, batch
+
+
+def compile_steps(s: Setup):
+    """The train and eval steps (jitted, compiled lazily on first call, once). With compiled_trainstep_file
+    the train step is the executable train_compile saved, after checking it was built for this run."""
+    if s.cfg.compiled_trainstep_file:
+        p_train = aot.load_executable(s.cfg.compiled_trainstep_file, s.cfg, list(s.mesh.devices.flat))
+        log(f"train step loaded from compiled_trainstep_file={s.cfg.compiled_trainstep_file}")
+    else:
+        p_train = jit_train_step(s)
     p_eval = jax.jit(
         functools.partial(eval_step, s.model), in_shardings=(s.shardings.params, s.batch_sharding)
     )
@@ -246,13 +273,16 @@ def _restore_or_init(s: Setup, ckpt, data_iter, tokenizer_id):
     target = checkpointing.abstract_with_shardings(s.abstract_state, s.shardings)
     latest = ckpt.latest_step() if ckpt else None
     if latest is not None:
-        if checkpointing.layout_plan(os.path.join(ckpt.directory, str(latest)), target.params):
-            raise ConfigError(
-                f"scan_layers={cfg.scan_layers}: run {cfg.run_name!r} was checkpointed at step {latest} with "
-                f"scan_layers={not cfg.scan_layers}; resume with that setting, or start a new run with "
-                f"load_parameters_path={ckpt.directory}/{latest} (parameters convert automatically)"
+        # A run resumed with the other scan_layers setting: restore in the stored layout, then restack the
+        # params and the optimizer state that mirrors them (bit-exact); later saves use the new layout.
+        restacks = checkpointing.layout_plan(os.path.join(ckpt.directory, str(latest)), target.params)
+        source = layer_layout.stored_state_abstract(target, restacks) if restacks else target
+        state, data_state, meta = ckpt.restore(latest, source)
+        if restacks:
+            state = layer_layout.state_to_target(state, restacks, target)
+            log(
+                f"converted step {latest} from scan_layers={not cfg.scan_layers} to scan_layers={cfg.scan_layers}"
             )
-        state, data_state, meta = ckpt.restore(latest, target)
         if meta.get("format_version") != checkpointing.FORMAT_VERSION:
             raise ConfigError(
                 f"checkpoint {ckpt.directory}/{latest}: unsupported format {meta.get('format_version')}"
