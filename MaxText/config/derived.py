@@ -80,6 +80,8 @@ class ModelConfig:  # pylint: disable=too-many-instance-attributes
     rope_yarn_beta_slow: float = 1.0
     rope_yarn_mscale: float = 0.0
     rope_yarn_mscale_all_dim: float = 0.0
+    # Pipeline parallelism (the stage count comes from the mesh; parallel/pipeline.py).
+    num_pipeline_microbatches: int = -1
 
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
@@ -172,6 +174,7 @@ def model_config(cfg: Config) -> ModelConfig:
         rope_yarn_beta_slow=cfg.rope_yarn_beta_slow,
         rope_yarn_mscale=cfg.rope_yarn_mscale,
         rope_yarn_mscale_all_dim=cfg.rope_yarn_mscale_all_dim,
+        num_pipeline_microbatches=cfg.num_pipeline_microbatches,
     )
 
 

@@ -230,6 +230,9 @@ class Config:  # pylint: disable=too-many-instance-attributes
     max_queue_size: int = _f(gt=0)
     chat_template: str = _f()
 
+    # ---- Pipeline and expert parallelism ----
+    num_pipeline_microbatches: int = _f(ge=-1)
+
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)
 

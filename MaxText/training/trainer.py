@@ -22,7 +22,8 @@ from jax.sharding import Mesh, NamedSharding
 from MaxText import input_pipeline
 from MaxText.config import Config, ConfigError, model_config, run_dir
 from MaxText.config.derived import global_batch_size
-from MaxText.parallel import distributed
+from MaxText.models import registry
+from MaxText.parallel import distributed, pipeline
 from MaxText.parallel import mesh as mesh_lib
 from MaxText.training import checkpointing, flops, optimizers
 from MaxText.training.metrics import MetricsWriter, format_duration, step_line
@@ -108,6 +109,11 @@ def build(cfg: Config, devices=None) -> Setup:
             f"rows must split into that many microbatches, each divisible by the {dp} data shards"
         )
     mcfg = model_config(cfg)
+    stages = mesh.shape["stage"]
+    pipeline.check(
+        mcfg, {st.name: st.length for st in registry.stacks(mcfg)}, stages,
+        micro, dp, pipeline.num_microbatches(cfg.num_pipeline_microbatches, stages),
+    )  # fmt: skip
     model = make_model(mcfg)
     tx = optimizers.make_optimizer(cfg)
     abstract_state, shardings = state_shardings(model, tx, mesh, rules)
