@@ -22,6 +22,7 @@ from jax.sharding import Mesh, NamedSharding
 from MaxText import input_pipeline
 from MaxText.config import Config, ConfigError, model_config, run_dir
 from MaxText.config.derived import global_batch_size
+from MaxText.layers import moe
 from MaxText.models import registry
 from MaxText.parallel import distributed, pipeline
 from MaxText.parallel import mesh as mesh_lib
@@ -114,6 +115,7 @@ def build(cfg: Config, devices=None) -> Setup:
         mcfg, {st.name: st.length for st in registry.stacks(mcfg)}, stages,
         micro, dp, pipeline.num_microbatches(cfg.num_pipeline_microbatches, stages),
     )  # fmt: skip
+    moe.check_expert_parallelism(mcfg.num_experts, mesh.shape["expert"])
     model = make_model(mcfg)
     tx = optimizers.make_optimizer(cfg)
     abstract_state, shardings = state_shardings(model, tx, mesh, rules)
