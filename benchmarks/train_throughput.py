@@ -152,8 +152,9 @@ def _percentile(values, q):
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-def run(args, cfg, xla_flags: str, host_malloc: str) -> dict:
-    """Builds everything like the trainer, times the steps and returns the result record."""
+def run(args, cfg, xla_flags: str, host_malloc: str, devices=None) -> dict:
+    """Builds everything like the trainer (on `devices`, default all), times the steps and returns the
+    result record."""
     # pylint: disable=import-outside-toplevel
     import jax
 
@@ -164,7 +165,7 @@ def run(args, cfg, xla_flags: str, host_malloc: str) -> dict:
     from MaxText.training.train_state import init_state, param_count
 
     preset = list(PRESETS[args.preset]) if args.preset else []
-    s = trainer.build(cfg)
+    s = trainer.build(cfg, devices)
     p_train, _ = trainer.compile_steps(s)
     data_iter = input_pipeline.make_train_iterator(
         trainer.data_config(cfg, s.global_batch), jax.process_index(), jax.process_count()

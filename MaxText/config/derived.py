@@ -86,6 +86,8 @@ class ModelConfig:  # pylint: disable=too-many-instance-attributes
     checkpoint_is_quantized: bool = False
     quantize_kvcache: bool = False
     kv_quant_dtype: str = "int8"
+    # Pipeline parallelism (the stage count comes from the mesh; parallel/pipeline.py).
+    num_pipeline_microbatches: int = -1
 
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
@@ -184,6 +186,7 @@ def model_config(cfg: Config) -> ModelConfig:
         checkpoint_is_quantized=cfg.checkpoint_is_quantized,
         quantize_kvcache=cfg.quantize_kvcache,
         kv_quant_dtype=cfg.kv_quant_dtype,
+        num_pipeline_microbatches=cfg.num_pipeline_microbatches,
     )
 
 

@@ -257,6 +257,9 @@ class Config:  # pylint: disable=too-many-instance-attributes
     mlpwi: str = _f(choices=REMAT_CHOICES)
     mlpwo: str = _f(choices=REMAT_CHOICES)
 
+    # ---- Pipeline and expert parallelism ----
+    num_pipeline_microbatches: int = _f(ge=-1)
+
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)
 

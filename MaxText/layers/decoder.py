@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from MaxText.config import ConfigError
 from MaxText.config.derived import ModelConfig
 from MaxText.layers.common import constrain, dtype_of, precision_of
 from MaxText.layers.embeddings import Embed
@@ -32,6 +33,7 @@ from MaxText.layers.quantizations import quant_config
 from MaxText.layers import remat
 from MaxText.layers.normalizations import make_norm
 from MaxText.models import registry
+from MaxText.parallel import pipeline
 
 
 def remat_policy(name: str, custom: tuple = ()):
@@ -46,8 +48,31 @@ class Decoder(nn.Module):
     config: ModelConfig
     shared_embedding: nn.Module
 
+    def _run_pipeline(self, stack, x, positions, segment_ids, mode, cache, stages):
+        """The stack through `stages` pipeline stages (parallel/pipeline.py), on the params nn.scan made."""
+        cfg = self.config
+        if mode != "train" or cache is not None:
+            raise ConfigError(
+                f"ici_pipeline_parallelism x dcn_pipeline_parallelism = {stages}: pipeline parallelism is for "
+                "training; decode and serve need both at 1"
+            )
+        block = stack.block(cfg)
+
+        def layer_fn(p, h, pos, seg):
+            return block.apply({"params": p}, h, pos, seg, "train", None)[0]
+
+        stacked = nn.meta.unbox(self.variables["params"][stack.name])
+        params = pipeline.stage_params(stacked, cfg.param_scan_axis, stages)
+        policy = None if cfg.remat_policy == "none" else remat_policy(cfg.remat_policy, cfg.remat_custom)
+        microbatches = pipeline.num_microbatches(cfg.num_pipeline_microbatches, stages)
+        return pipeline.run(layer_fn, params, x, positions, segment_ids, microbatches, policy), None
+
     def _run_stack(self, stack, x, positions, segment_ids, mode, cache):
         cfg = self.config
+        stages = pipeline.num_stages()
+        # Initialisation always goes through nn.scan, so the pipeline reads the very same parameter tree.
+        if stages > 1 and not self.is_initializing():
+            return self._run_pipeline(stack, x, positions, segment_ids, mode, cache, stages)
         block = stack.block
         if cfg.remat_policy != "none":
             # Arg 4 (mode) is a Python string and must stay static under remat.

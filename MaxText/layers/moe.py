@@ -33,12 +33,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
+from jax.sharding import PartitionSpec as P
 
+from MaxText.config import ConfigError
 from MaxText.layers.common import constrain, param_with_axes
 from MaxText.layers.linears import ACTIVATIONS, DenseGeneral, MlpBlock
 from MaxText.layers.quantizations import QuantConfig, quantized_dot
 
 LB_LOSS_NAME = "moe_lb_loss"
+EXPERT_AXIS = "expert"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,14 +134,11 @@ def capacity(num_assignments: int, num_experts: int, capacity_factor: float) -> 
     return max(1, math.ceil(num_assignments / num_experts * capacity_factor))
 
 
-def capacity_experts(
-    x, weights, experts, wi, wo, activations, capacity_factor, precision=None, quant=QuantConfig()
-):
-    """Like dropless_experts, but each expert takes at most `capacity` assignments (choice-major priority);
-    the others are dropped (contribute zero). Same shapes as dropless_experts."""
+def _dispatch(x, experts, num_experts: int, c: int):
+    """Choice-major slotting into an [E, C, D] buffer: every token's first choice before any second choice,
+    earlier tokens first within a choice. Returns (buffer, dest [K N] flat slot or E C = dropped, kept [K N]).
+    """
     n, k = experts.shape
-    num_experts = wo.shape[0]
-    c = capacity(n * k, num_experts, capacity_factor)
     flat = experts.T.reshape(-1)  # choice-major: every token's first choice before any second choice
     onehot = jax.nn.one_hot(flat, num_experts, dtype=jnp.int32)
     slot = (jnp.cumsum(onehot, axis=0) * onehot).sum(axis=-1) - 1  # position within its expert
@@ -146,7 +146,21 @@ def capacity_experts(
     dest = jnp.where(kept, flat * c + slot, num_experts * c)  # out of range = dropped
     token = jnp.tile(jnp.arange(n), k)
     buf = jnp.zeros((num_experts * c, x.shape[-1]), x.dtype).at[dest].set(x[token], mode="drop")
-    buf = buf.reshape(num_experts, c, -1)
+    return buf.reshape(num_experts, c, -1), dest, kept
+
+
+def _combine(out, dest, kept, weights):
+    """Expert outputs [E, C, D] back to tokens: sum_k weights[n, k] x (slot of assignment (n, k)) -> [N, D]."""
+    e, c, d = out.shape
+    n, k = weights.shape
+    out = out.reshape(e * c, d)
+    out = jnp.where(kept[:, None], out[jnp.minimum(dest, e * c - 1)], 0.0)
+    out = out.reshape(k, n, d).transpose(1, 0, 2)
+    return jnp.einsum("nkd,nk->nd", out, weights.astype(out.dtype))
+
+
+def _slot_matmul(precision, quant: QuantConfig):
+    """The [E, C, D] x [E, D, F] expert matmul of the slotted paths, quantized as `quant` says."""
 
     def dot(lhs, w, _, preferred_element_type):
         w = w if preferred_element_type else w.astype(lhs.dtype)
@@ -157,10 +171,98 @@ def capacity_experts(
     def matmul(lhs, w):
         return quantized_dot(quant, dot, lhs, w, (2,), (1,))
 
-    out = _expert_mlp(buf, wi, wo, activations, matmul).reshape(num_experts * c, -1)
-    out = jnp.where(kept[:, None], out[jnp.minimum(dest, num_experts * c - 1)], 0.0)
-    out = out.reshape(k, n, -1).transpose(1, 0, 2)
-    return jnp.einsum("nkd,nk->nd", out, weights.astype(out.dtype))
+    return matmul
+
+
+def capacity_experts(
+    x, weights, experts, wi, wo, activations, capacity_factor, precision=None, quant=QuantConfig()
+):
+    """Like dropless_experts, but each expert takes at most `capacity` assignments (choice-major priority);
+    the others are dropped (contribute zero). Same shapes as dropless_experts."""
+    n, k = experts.shape
+    num_experts = wo.shape[0]
+    buf, dest, kept = _dispatch(x, experts, num_experts, capacity(n * k, num_experts, capacity_factor))
+    out = _expert_mlp(buf, wi, wo, activations, _slot_matmul(precision, quant))
+    return _combine(out, dest, kept, weights)
+
+
+def check_expert_parallelism(num_experts: int, shards: int) -> None:
+    """Raises ConfigError unless the routed experts split evenly over the `expert` axis."""
+    if shards > 1 and num_experts % shards:
+        raise ConfigError(
+            f"num_experts={num_experts}: the expert axis (ici_expert_parallelism x dcn_expert_parallelism = "
+            f"{shards}) must divide the routed experts"
+        )
+
+
+def expert_shards() -> int:
+    """Size of the `expert` axis of the current mesh (1 outside a mesh)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return 1 if mesh.empty or EXPERT_AXIS not in mesh.axis_names else mesh.shape[EXPERT_AXIS]
+
+
+def _axes(part) -> tuple:
+    return () if part is None else (part if isinstance(part, tuple) else (part,))
+
+
+def _expert_spec(names) -> P:
+    """An expert weight's spec: E over `expert`, its other dims as the rules say (all-gathered inside)."""
+    spec = nn.logical_to_mesh_axes(names)
+    rest = [tuple(a for a in _axes(part) if a != EXPERT_AXIS) or None for part in spec[1:]]
+    return P(EXPERT_AXIS, *rest)
+
+
+def _gather(w, spec):
+    """All-gathers every dim of a local weight shard except the expert dim."""
+    for dim, part in enumerate(spec):
+        if dim and part is not None:
+            w = jax.lax.all_gather(w, part, axis=dim, tiled=True, to="invarying")
+    return w
+
+
+def expert_parallel_experts(
+    x, weights, experts, wi, wo, activations, capacity_factor, precision=None, quant=QuantConfig()
+):
+    """Experts sharded over the `expert` mesh axis; tokens travel to them and back with all-to-all (GShard).
+
+    x [B, T, D]; weights, experts [B, T, K]; wi: one [E, D, F] per activation; wo [E, F, D] -> [B, T, D], or
+    None when the tokens are not split over `expert` or do not shard evenly (the caller then runs the
+    single-program path, which GSPMD partitions correctly, only less efficiently).
+
+    Each device slots its own tokens into an [E, C, D] buffer (_dispatch), sends expert e's rows to the device
+    holding e, runs its E / X local experts on [E / X, X C, D] rows and sends the results back. Capacity is
+    per device: C = ceil(N_local K / E x capacity_factor); dropless (capacity_factor <= 0) takes C = N_local,
+    which no expert can exceed (top-k experts are distinct), at the price of computing E / K times the routed
+    rows, mostly padding.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    spec = nn.logical_to_mesh_axes(("activation_batch", "activation_length"))
+    token_spec = P(spec[0], spec[1], None)
+    b, t, _ = x.shape
+    shards = [math.prod(mesh.shape[a] for a in _axes(part)) for part in spec]
+    if EXPERT_AXIS not in _axes(spec[0]) + _axes(spec[1]) or b % shards[0] or t % shards[1]:
+        return None
+    wi_specs = [_expert_spec(("exp", "embed", "mlp")) for _ in wi]
+    wo_spec = _expert_spec(("exp", "mlp", "embed"))
+    num_experts = wo.shape[0]
+
+    def local(x, weights, experts, wi, wo):
+        wi = [_gather(w, sp) for w, sp in zip(wi, wi_specs)]
+        wo = _gather(wo, wo_spec)
+        lb, lt, d = x.shape
+        n, k = lb * lt, experts.shape[-1]
+        c = n if capacity_factor <= 0 else capacity(n * k, num_experts, capacity_factor)
+        buf, dest, kept = _dispatch(x.reshape(n, d), experts.reshape(n, k), num_experts, c)
+        buf = jax.lax.all_to_all(buf, EXPERT_AXIS, 0, 1, tiled=True)  # [E / X, X C, D]: this device's experts
+        out = _expert_mlp(buf, wi, wo, activations, _slot_matmul(precision, quant))
+        out = jax.lax.all_to_all(out, EXPERT_AXIS, 1, 0, tiled=True)  # [E, C, D]: back to the token owners
+        return _combine(out, dest, kept, weights.reshape(n, k)).reshape(lb, lt, d)
+
+    return jax.shard_map(
+        local,
+        in_specs=(token_spec, token_spec, token_spec, wi_specs, wo_spec),
+        out_specs=token_spec,
+    )(x, weights, experts, wi, wo)
 
 
 class MoeBlock(nn.Module):
@@ -189,6 +291,34 @@ class MoeBlock(nn.Module):
         ]
         wo = param_with_axes(self, "wo", init, (e, f, d), self.weight_dtype, ("exp", "mlp", "embed"))
         return wi, wo
+
+    def _experts(self, tokens, weights, experts, wi, wo, shape):
+        """tokens [N, D] through their routed experts -> [N, D]: expert-parallel when the mesh has an expert
+        axis, else the dropless or capacity path on one program."""
+        b, t, d = shape
+        # Stored (checkpoint_is_quantized) int8 experts are not written yet: those matmuls quantize on the fly.
+        quant = QuantConfig(self.quant.mode)
+        if expert_shards() > 1:
+            k = self.routing.top_k
+            out = expert_parallel_experts(
+                tokens.reshape(shape), weights.reshape(b, t, k), experts.reshape(b, t, k), wi, wo,
+                self.activations, self.capacity_factor, self.precision, quant,
+            )  # fmt: skip
+            if out is not None:
+                return out.reshape(b * t, d)
+        if self.capacity_factor > 0:
+            return capacity_experts(
+                tokens,
+                weights,
+                experts,
+                wi,
+                wo,
+                self.activations,
+                self.capacity_factor,
+                self.precision,
+                quant,
+            )
+        return dropless_experts(tokens, weights, experts, wi, wo, self.activations, self.precision, quant)
 
     @nn.compact
     def __call__(self, x, token_mask):
@@ -222,22 +352,7 @@ class MoeBlock(nn.Module):
         self.sow("intermediates", LB_LOSS_NAME, load_balance_loss(scores, experts, mask, rc.score_func))
         wi, wo = self._expert_weights(d)
         tokens = tokens.astype(self.dtype)
-        # Stored (checkpoint_is_quantized) int8 experts are not written yet: those matmuls quantize on the fly.
-        quant = QuantConfig(self.quant.mode)
-        if self.capacity_factor > 0:
-            out = capacity_experts(
-                tokens,
-                weights,
-                experts,
-                wi,
-                wo,
-                self.activations,
-                self.capacity_factor,
-                self.precision,
-                quant,
-            )
-        else:
-            out = dropless_experts(tokens, weights, experts, wi, wo, self.activations, self.precision, quant)
+        out = self._experts(tokens, weights, experts, wi, wo, (b, t, d))
         out = constrain(
             out.reshape(b, t, d).astype(self.dtype),
             ("activation_batch", "activation_length", "activation_embed"),

@@ -24,6 +24,7 @@ from MaxText.config.schema import MESH_AXES  # pylint: disable=unused-import  # 
 
 # Mesh axes that replicate parameters by design; every other axis is expected to shard them.
 PARAM_REPLICATING_AXES = ("data",)
+PIPELINE_AXIS = "stage"
 
 
 def parallelism_key(prefix: str, axis: str) -> str:
@@ -136,18 +137,31 @@ def data_parallel_size(mesh: Mesh, rules) -> int:
     return math.prod(mesh.shape[a] for a in axes)
 
 
+def _ideal_shards(sharding: NamedSharding, mesh: Mesh) -> int:
+    """How many ways a parameter should be split: every axis but data; the stage axis only splits the layer
+    stacks (pipeline stages), so arrays it leaves whole (embeddings, final norm) are not counted short."""
+    used = {
+        a
+        for part in sharding.spec
+        if part is not None
+        for a in (part if isinstance(part, tuple) else (part,))
+    }
+    skip = set(PARAM_REPLICATING_AXES) | ({PIPELINE_AXIS} - used)
+    return math.prod(n for axis, n in mesh.shape.items() if axis not in skip)
+
+
 def check_params_sharded(abstract_params, shardings, mesh: Mesh, tolerance: float) -> float:
     """Raises ConfigError when params are not spread over the mesh; returns the excess (0 = perfectly sharded).
 
-    Ideal: every device holds total / (product of the mesh axes other than data) elements. The excess is how
+    Ideal: every device holds total / (product of the mesh axes other than data) elements (arrays that the
+    stage axis leaves whole are only expected to be split over the others). The excess is how
     far the per-device share goes beyond that, relative to the ideal. Norm scales and other small vectors
     replicated over some axes make it slightly positive; a large matrix left unsharded makes it large.
     """
     leaves = jax.tree.leaves(abstract_params)
     shards = jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, NamedSharding))
-    total = sum(math.prod(a.shape) for a in leaves)
     per_device = sum(math.prod(s.shard_shape(a.shape)) for a, s in zip(leaves, shards))
-    ideal = total / math.prod(n for axis, n in mesh.shape.items() if axis not in PARAM_REPLICATING_AXES)
+    ideal = sum(math.prod(a.shape) / _ideal_shards(s, mesh) for a, s in zip(leaves, shards))
     excess = per_device / ideal - 1.0
     if excess > tolerance:
         worst = max(zip(leaves, shards), key=lambda p: math.prod(p[1].shard_shape(p[0].shape)))

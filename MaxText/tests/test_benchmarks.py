@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from MaxText import paths
 
 SCRIPT = os.path.join(paths.REPO_ROOT, "benchmarks", "train_throughput.py")
@@ -75,3 +77,22 @@ def test_moe_throughput_writes_json(tmp_path):
     r = json.loads(out.read_text())
     assert set(r["results"]) == {"dropless", "capacity", "dense_loop"}
     assert all(v["tokens_per_s"] > 0 for v in r["results"].values())
+
+
+@pytest.mark.slow  # two tiny-model compiles in a fresh process with 8 fake devices
+def test_strategy_throughput_fast_mode_writes_relative_figures(tmp_path):
+    out = tmp_path / "strategies.json"
+    script = os.path.join(paths.REPO_ROOT, "benchmarks", "strategy_throughput.py")
+    cmd = [sys.executable, script, "--fast", "--strategies", "data", "peak_tflops_per_device=1",
+           "--out", str(out)]  # fmt: skip
+    proc = _run(cmd, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert list(r["rows"]) == ["single", "data"]  # the baseline is measured with the row it anchors
+    single, data = r["rows"]["single"], r["rows"]["data"]
+    assert single["devices"] == 1 and single["relative_step_time"] == 1.0
+    assert data["devices"] == 8 and data["mesh"] == {"data": 8}
+    assert data["analytic_flops_per_step"] == single["analytic_flops_per_step"]  # same model, same batch
+    assert abs(data["relative_step_time"] - data["median_step_s"] / single["median_step_s"]) < 1e-12
+    assert abs(data["host_mfu"] - 8 * data["mfu"]) < 1e-12
+    assert "| data | data 8 |" in proc.stdout

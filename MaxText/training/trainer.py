@@ -22,8 +22,9 @@ from jax.sharding import Mesh, NamedSharding
 from MaxText import input_pipeline
 from MaxText.config import Config, ConfigError, model_config, run_dir
 from MaxText.config.derived import global_batch_size
-from MaxText.layers import remat
-from MaxText.parallel import distributed
+from MaxText.layers import moe, remat
+from MaxText.models import registry
+from MaxText.parallel import distributed, pipeline
 from MaxText.parallel import mesh as mesh_lib
 from MaxText.training import aot, checkpointing, flops, layer_layout, optimizers
 from MaxText.training.metrics import MetricsWriter, format_duration, step_line
@@ -116,6 +117,12 @@ def build(cfg: Config, devices=None) -> Setup:
             f"remat_policy={cfg.remat_policy}: offloads activations to pinned host memory, which the "
             f"{mesh.devices.flat[0].device_kind} devices do not offer; choose a policy without offloading"
         )
+    stages = mesh.shape["stage"]
+    pipeline.check(
+        mcfg, {st.name: st.length for st in registry.stacks(mcfg)}, stages,
+        micro, dp, pipeline.num_microbatches(cfg.num_pipeline_microbatches, stages),
+    )  # fmt: skip
+    moe.check_expert_parallelism(mcfg.num_experts, mesh.shape["expert"])
     model = make_model(mcfg)
     tx = optimizers.make_optimizer(cfg)
     abstract_state, shardings = state_shardings(model, tx, mesh, rules)
