@@ -14,9 +14,9 @@
 #                         default 1 for DEVICE=cpu, 0 for gpu/tpu (PyPI's torch is a multi-GB CUDA build)
 #   INSTALL_PACKAGE=1|0   finish with `pip install -e .` (default 1; the Dockerfiles use 0 to cache deps)
 #   FORCE=1               run pip even when every pin is already satisfied
-#   LIBTPU_TARGET_DIR=DIR also unpack libtpu (requirements-tpu.txt) into DIR, outside the environment, for
-#                         MaxText.train_compile's TPU targets (PYTHONPATH=DIR); default under CI=true:
-#                         ~/.cache/maxtext/libtpu-<version> (the tests look there), else unset (skipped)
+#   LIBTPU_TARGET_DIR=DIR where libtpu (requirements-tpu.txt) is unpacked, outside the environment (so no
+#                         process probes for a TPU), for MaxText.train_compile's TPU targets and their tests
+#                         (PYTHONPATH=DIR); default ~/.cache/maxtext/libtpu-<version> (the tests look there)
 #
 # Versions come from requirements.txt (direct deps) and constraints.txt (the whole closure), so two runs a
 # month apart install the same thing. Safe to re-run: when every pin is already installed it does nothing.
@@ -72,7 +72,7 @@ JAX_VERSION="$(sed -n 's/^jax==\([^[:space:]#]*\).*/\1/p' requirements.txt)"
 [[ -n "${JAX_VERSION}" ]] || die "could not read the jax pin (jax==...) from requirements.txt"
 LIBTPU_REQ="$(sed -n 's/^\(libtpu==[^[:space:]#]*\).*/\1/p' requirements-tpu.txt)"
 [[ -n "${LIBTPU_REQ}" ]] || die "could not read the libtpu pin (libtpu==...) from requirements-tpu.txt"
-if [[ "${CI:-}" == "true" ]]; then LIBTPU_TARGET_DIR="${LIBTPU_TARGET_DIR:-${HOME}/.cache/maxtext/libtpu-${LIBTPU_REQ#libtpu==}}"; fi
+LIBTPU_TARGET_DIR="${LIBTPU_TARGET_DIR:-${HOME}/.cache/maxtext/libtpu-${LIBTPU_REQ#libtpu==}}"
 EXTRA_REQS=()
 case "${DEVICE}" in
   cpu) ;;
