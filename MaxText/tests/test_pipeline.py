@@ -1,4 +1,9 @@
-"""Pipeline parallelism over the stage axis: loss equals the single-device run, layout, config errors."""
+"""Pipeline parallelism over the stage axis: loss equals the single-device run, checkpoints move to and from
+a mesh without a pipeline, layout, config errors."""
+
+import json
+import os
+import shutil
 
 import jax
 import numpy as np
@@ -28,8 +33,11 @@ def _single_device_four_layers():
              "num_pipeline_microbatches=2", "remat_policy=full"],
             marks=pytest.mark.slow,  # about 50 s to compile on a cold cache
         ),
+        # Gradient accumulation around the pipeline: 2 accumulation steps of 4 rows, each 2 microbatches of 2.
+        ["ici_pipeline_parallelism=2", "ici_fsdp_parallelism=2", "ici_tensor_parallelism=2",
+         "gradient_accumulation_steps=2"],
     ],
-    ids=["stage2_fsdp4", "stage4_dp2_mb2_remat"],
+    ids=["stage2_fsdp4", "stage4_dp2_mb2_remat", "stage2_fsdp2_tp2_accum2"],
 )  # fmt: skip
 def test_pipeline_loss_equals_single_device(single_device_four_layers, mesh):
     ref, ref_state = single_device_four_layers
@@ -48,6 +56,36 @@ def test_pipeline_loss_equals_single_device(single_device_four_layers, mesh):
         for a, b in zip(jax.tree.leaves(got_layers), jax.tree.leaves(ref_layers))
     ]
     assert max(errors) < 1e-5
+
+
+def _train(base, run_name, steps: int, mesh) -> list:
+    """Trains run_name on all 8 devices to `steps` (resuming it if it has a checkpoint); returns its losses."""
+    cfg = load_config(
+        [BASE_YML, *TINY, *FOUR_LAYERS, *mesh, "per_device_batch_size=1", "enable_checkpointing=true",
+         "checkpoint_period=2", "learning_rate_schedule_steps=6", f"steps={steps}",
+         f"base_output_directory={base}", f"run_name={run_name}"]
+    )  # fmt: skip
+    assert trainer.train(cfg) == 0
+    with open(os.path.join(base, run_name, "metrics.jsonl"), encoding="utf-8") as f:
+        return [r["loss"] for r in map(json.loads, f) if "loss" in r]
+
+
+@pytest.mark.slow
+def test_checkpoint_moves_between_pipeline_and_no_pipeline(tmp_path):
+    """A full checkpoint (params and Adam state) written by stage2 x fsdp4 resumes on fsdp8 (steps 2 -> 4),
+    whose checkpoint resumes on the pipeline again (4 -> 6); each continues the uninterrupted pipeline run."""
+    staged, flat = ["ici_pipeline_parallelism=2", "ici_fsdp_parallelism=4"], ["ici_fsdp_parallelism=8"]
+    ref = _train(tmp_path, "ref", 6, staged)
+    assert len(set(ref)) == 6
+
+    def fork(source, step, run_name):
+        src = os.path.join(tmp_path, source, "checkpoints", str(step))
+        shutil.copytree(src, os.path.join(tmp_path, run_name, "checkpoints", str(step)))
+
+    fork("ref", 2, "to_flat")
+    np.testing.assert_allclose(_train(tmp_path, "to_flat", 4, flat), ref[2:4], rtol=1e-5)
+    fork("to_flat", 4, "to_staged")
+    np.testing.assert_allclose(_train(tmp_path, "to_staged", 6, staged), ref[4:6], rtol=1e-5)
 
 
 def test_layers_are_split_over_stages():
