@@ -17,6 +17,9 @@
 #   LIBTPU_TARGET_DIR=DIR where libtpu (requirements-tpu.txt) is unpacked, outside the environment (so no
 #                         process probes for a TPU), for MaxText.train_compile's TPU targets and their tests
 #                         (PYTHONPATH=DIR); default ~/.cache/maxtext/libtpu-<version> (the tests look there)
+#   CUDA_PLUGIN_TARGET_DIR=DIR  likewise for JAX's CUDA 12 plugin (jax-cuda12-plugin and -pjrt at the jax pin),
+#                         which compiles train_compile's GPU targets (h100-8, ...) on a machine without a GPU;
+#                         default ~/.cache/maxtext/jax-cuda12-<jax version>
 #
 # Versions come from requirements.txt (direct deps) and constraints.txt (the whole closure), so two runs a
 # month apart install the same thing. Safe to re-run: when every pin is already installed it does nothing.
@@ -73,6 +76,7 @@ JAX_VERSION="$(sed -n 's/^jax==\([^[:space:]#]*\).*/\1/p' requirements.txt)"
 LIBTPU_REQ="$(sed -n 's/^\(libtpu==[^[:space:]#]*\).*/\1/p' requirements-tpu.txt)"
 [[ -n "${LIBTPU_REQ}" ]] || die "could not read the libtpu pin (libtpu==...) from requirements-tpu.txt"
 LIBTPU_TARGET_DIR="${LIBTPU_TARGET_DIR:-${HOME}/.cache/maxtext/libtpu-${LIBTPU_REQ#libtpu==}}"
+CUDA_PLUGIN_TARGET_DIR="${CUDA_PLUGIN_TARGET_DIR:-${HOME}/.cache/maxtext/jax-cuda12-${JAX_VERSION}}"
 EXTRA_REQS=()
 case "${DEVICE}" in
   cpu) ;;
@@ -197,15 +201,25 @@ elif [[ "${INSTALL_PACKAGE}" == "1" ]]; then
     die "installed, but 'import MaxText' (or a core dependency) fails; see the traceback above"
 fi
 
-if [[ -n "${LIBTPU_TARGET_DIR:-}" ]]; then
-  STEP="unpack libtpu for train_compile"
-  if [[ -f "${LIBTPU_TARGET_DIR}/libtpu/libtpu.so" && -d "${LIBTPU_TARGET_DIR}/${LIBTPU_REQ/==/-}.dist-info" ]]; then
-    log "libtpu: ${LIBTPU_REQ} already in ${LIBTPU_TARGET_DIR}"
+# unpack_aside DIR MARKER REQ...: pip-installs REQ... (no deps) into DIR unless DIR/MARKER exists. These
+# packages stay out of the environment (importable, they make every JAX process probe for a TPU or a GPU);
+# train_compile and its tests put DIR on PYTHONPATH.
+unpack_aside() {
+  local dir="$1" marker="$2"
+  shift 2
+  if [[ -e "${dir}/${marker}" ]]; then
+    log "$*: already in ${dir}"
   else
-    rm -rf "${LIBTPU_TARGET_DIR}"
-    pip_install --no-deps --target "${LIBTPU_TARGET_DIR}" "${LIBTPU_REQ}"
+    rm -rf "${dir}"
+    pip_install --no-deps --target "${dir}" "$@"
   fi
-fi
+}
+
+STEP="unpack libtpu for train_compile's TPU targets"
+unpack_aside "${LIBTPU_TARGET_DIR}" "${LIBTPU_REQ/==/-}.dist-info" "${LIBTPU_REQ}"
+STEP="unpack JAX's CUDA plugin for train_compile's GPU targets"
+unpack_aside "${CUDA_PLUGIN_TARGET_DIR}" "jax_cuda12_pjrt-${JAX_VERSION}.dist-info" \
+  "jax-cuda12-plugin==${JAX_VERSION}" "jax-cuda12-pjrt==${JAX_VERSION}"
 
 trap - ERR
 log "done in $((SECONDS - START_TIME))s (DEVICE=${DEVICE}). Next: bash unit_test_and_lint.sh"

@@ -7,7 +7,8 @@ Compiles the very step train runs (trainer.jit_train_step: same shardings, same 
 devices, prints the memory each device needs (parameters, optimizer state, XLA's arguments / temporaries /
 generated code) and the FLOPs, and exits 2 when that exceeds the target's HBM. compile_topology=local compiles
 for this machine's devices; compiled_trainstep_file then saves an executable that train loads in place of its
-own compile. TPU targets need libtpu (DEVICE=tpu bash setup.sh); docs/scale.md lists what works where.
+own compile. TPU targets need libtpu and GPU targets (a100-N, h100-N, h200-N, b200-N) JAX's CUDA plugin, both
+unpacked by setup.sh outside the environment; docs/scale.md lists what works where.
 Exit codes: 0 compiled and fits, 2 config error, unknown or unavailable target, or does not fit.
 """
 
@@ -25,7 +26,7 @@ def print_report(target, num_slices: int, s, report: dict, xla_flops: float) -> 
     devices = s.mesh.devices.size
     hbm = ""
     if target.hbm_bytes:
-        hbm = f" of {target.hbm_bytes / (1 << 30):.0f} GiB HBM ({100 * report['total'] / target.hbm_bytes:.1f}%)"
+        hbm = f" of {target.memory_text()} ({100 * report['total'] / target.usable_bytes:.1f}%)"
     lines = [
         f"compiled the train step for {target.name} x {num_slices} slice(s): {devices} devices "
         f"({s.mesh.devices.flat[0].device_kind}), mesh {dict(s.mesh.shape)}, global batch "
@@ -39,7 +40,7 @@ def print_report(target, num_slices: int, s, report: dict, xla_flops: float) -> 
         f"  temp (activations)  {_gib(report['temp'])}",
         f"  generated code      {_gib(report['generated_code'])}",
         f"  total               {_gib(report['total'])}{hbm}",
-        f"FLOPs per device per step: {xla_flops:.4e} (XLA cost analysis), "
+        f"FLOPs per device per step: {f'{xla_flops:.4e}' if xla_flops else 'none given'} (XLA cost analysis), "
         f"{s.flops_per_step / devices:.4e} (analytic, without remat recompute)",
     ]
     print("\n".join(lines), flush=True)
@@ -76,14 +77,14 @@ def main(argv) -> int:
     from MaxText.training import aot  # pylint: disable=import-outside-toplevel
 
     if not cfg.compile_topology:
-        raise ConfigError("compile_topology='': name a target (local, v5e-256, v4-8, ...)")
+        raise ConfigError("compile_topology='': name a target (local, v5e-256, v4-8, h100-8, ...)")
     target = aot.resolve_target(cfg.compile_topology)
     if cfg.compiled_trainstep_file:
         # An executable that came from the persistent compilation cache serializes without its CPU kernels
         # (jax 0.10.2: "Function ... not found" when run): compile afresh. Must precede the first compile.
         aot.jax.config.update("jax_enable_compilation_cache", False)
-    if target.platform == "tpu":
-        # The host side runs on CPU; libtpu is only asked for the target's description, never for a chip.
+    if target.platform in ("tpu", "gpu"):
+        # The host side runs on CPU; libtpu or the CUDA plugin only describes the target, never opens a device.
         aot.jax.config.update("jax_platforms", "cpu")
     return compile_for(cfg, target, aot.target_devices(target, cfg.compile_topology_num_slices))
 
