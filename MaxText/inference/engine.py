@@ -8,7 +8,7 @@ the smallest bucket that fits), inserted into a free slot, and decoded with whic
 other slots; a finished request frees its slot (and its pages) for the next one. Shapes never change (B, the
 buckets, S are fixed), every row's computation reads only its own cache row or pages, and each request
 samples with its own seed folded with its own step count, so a request's tokens never depend on its
-neighbours. The cache is contiguous ([U, B, S, K, H]) or paged (a pool of pages; see page_manager.py).
+neighbours. The cache is contiguous ([U, B, K, S, H]) or paged (a pool of pages; see page_manager.py).
 """
 
 import dataclasses
@@ -90,7 +90,7 @@ class SamplingParams:
 
 @dataclasses.dataclass
 class Prefix:
-    """A prefilled request: its prompt's K/V ([U, 1, P, K, H] per layer), first token and prompt length."""
+    """A prefilled request: its prompt's K/V ([U, 1, K, P, H] per layer), first token and prompt length."""
 
     cache: dict
     first_token: jax.Array
@@ -150,12 +150,13 @@ class Engine:
     def _insert_fn(self, state, prefix_cache, slot, token, length, table_row, sampling):
         cache = state["cache"]
         if self.config.paged:
-            positions = jnp.arange(jax.tree.leaves(prefix_cache)[0].shape[2], dtype=jnp.int32)[None]
+            positions = jnp.arange(jax.tree.leaves(prefix_cache)[0].shape[3], dtype=jnp.int32)[None]
 
-            def put(pool, pre):  # pool {"k": [U, NP, PS, K, H], ...}, pre {"k": [U, 1, P, K, H], ...}
+            def put(pool, pre):  # pool {"k": [U, NP, PS, K, H], ...}, pre {"k": [U, 1, K, P, H], ...}
                 def one_unit(pl, pr):
                     paged_view = {**pl, "page_table": table_row[None]}
-                    return without_page_table(scatter_tokens(paged_view, pr, positions))
+                    tokens = {name: jnp.swapaxes(x, 1, 2) for name, x in pr.items()}  # [1, P, K, ...]
+                    return without_page_table(scatter_tokens(paged_view, tokens, positions))
 
                 return jax.vmap(one_unit)(pool, pre)
 

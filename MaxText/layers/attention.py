@@ -8,7 +8,9 @@ Modes (an argument, never stored state):
 - "prefill":        attend within the T prompt tokens and write their K/V into `cache` at slots = positions.
 - "autoregressive": write the T new tokens' K/V at slots = positions, then attend over the whole cache;
                     slot j is visible to a query at position p when j <= p (and p - j < W with a window).
-The cache for one layer is {"k": [B, S, K, H], "v": [B, S, K, H]}; it is returned, never mutated in place.
+The cache for one layer is {"k": [B, K, S, H], "v": [B, K, S, H]}, heads before slots so that a decode
+step's two attention matmuls read it as it lies (batched over B, K; with [B, S, K, H] XLA:CPU transposed the
+whole cache for every layer and step, 6x slower at 512 slots); it is returned, never mutated in place.
 A paged cache (inference/kv_cache.py) is {"k": [NP, PS, K, H], "v": ..., "page_table": [B, MP]} instead:
 the same modes write through the row's page table and decode reads through it (kernels/paged.py).
 """
@@ -22,6 +24,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from MaxText import kernels
 from MaxText.kernels import paged
+from MaxText.kernels.reference import dot_product_attention
 from MaxText.layers.common import constrain
 from MaxText.layers.embeddings import RopeConfig, apply_rope
 from MaxText.layers.linears import DenseGeneral
@@ -32,15 +35,24 @@ MODES = ("train", "prefill", "autoregressive")
 
 
 def scatter_tokens(cache: dict, values: dict, positions) -> dict:
-    """Writes each per-token array of `values` ([B, T, ...], keyed like the cache) at slots `positions`
-    [B, T] of each row, through the rows' pages when the cache is paged."""
+    """Writes each per-token array of `values` ([B, T, K, ...], keyed like the cache) at slots `positions`
+    [B, T] of each row: into [B, K, S, ...] of a contiguous cache, or through the rows' pages into the
+    [NP, PS, K, ...] pool of a paged one."""
     if "page_table" in cache:
         index = paged.page_slots(cache["page_table"], positions, cache["k"].shape[1])
-    else:
-        index = (jnp.arange(positions.shape[0])[:, None], positions)
+        return {
+            **cache,
+            **{name: cache[name].at[index].set(x.astype(cache[name].dtype)) for name, x in values.items()},
+        }
+    rows = jnp.arange(positions.shape[0])[:, None, None]
+    heads = jnp.arange(cache["k"].shape[1])[None, :, None]
+    index = (rows, heads, positions[:, None, :])  # -> [B, K, T], the values' axes 0, 2, 1
     return {
         **cache,
-        **{name: cache[name].at[index].set(x.astype(cache[name].dtype)) for name, x in values.items()},
+        **{
+            name: cache[name].at[index].set(jnp.swapaxes(x, 1, 2).astype(cache[name].dtype))
+            for name, x in values.items()
+        },
     }
 
 
@@ -149,13 +161,13 @@ class Attention(nn.Module):
             )  # fmt: skip
         else:
             new_cache = write_cache(cache, k, v, positions)
-            b, s = new_cache["k"].shape[:2]
+            b, s = new_cache["k"].shape[0], new_cache["k"].shape[2]
             slots = jnp.broadcast_to(jnp.arange(s, dtype=positions.dtype), (b, s))
             ones_q = jnp.ones_like(positions)
             # One query per row against a long cache: the reference kernel is the efficient choice here.
-            out = kernels.attention(
+            out = dot_product_attention(
                 q, read_cache(new_cache, "k", self.dtype), read_cache(new_cache, "v", self.dtype),
-                positions, slots, ones_q, jnp.ones_like(slots), self._spec("dot_product"),
+                positions, slots, ones_q, jnp.ones_like(slots), self._spec("dot_product"), kv_heads_major=True,
             )  # fmt: skip
         out = checkpoint_name(
             constrain(out, ("activation_batch", "activation_length", "activation_heads", "activation_kv")),

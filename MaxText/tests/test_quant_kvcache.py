@@ -33,19 +33,23 @@ def _models():
 
 def test_write_then_read_round_trips_within_half_a_step():
     k = jax.random.normal(jax.random.key(0), (2, 3, 2, 8)) * jnp.array([0.01, 5.0])[None, None, :, None]
-    cache = {
-        "k": jnp.zeros((2, 6, 2, 8), jnp.int8),
-        "v": jnp.zeros((2, 6, 2, 8), jnp.int8),
-        "k_scale": jnp.ones((2, 6, 2)),
-        "v_scale": jnp.ones((2, 6, 2)),
+    cache = {  # [B, K, S, H], scales [B, K, S]
+        "k": jnp.zeros((2, 2, 6, 8), jnp.int8),
+        "v": jnp.zeros((2, 2, 6, 8), jnp.int8),
+        "k_scale": jnp.ones((2, 2, 6)),
+        "v_scale": jnp.ones((2, 2, 6)),
     }
     positions = jnp.array([[0, 1, 2], [3, 4, 5]])
     cache = write_cache(cache, k, -k, positions)
-    got = read_cache(cache, "k", jnp.float32)[jnp.arange(2)[:, None], positions]
+
+    def tokens(x):  # the written slots as [B, T, K, H]
+        return jnp.swapaxes(x, 1, 2)[jnp.arange(2)[:, None], positions]
+
+    got = tokens(read_cache(cache, "k", jnp.float32))
     step = jnp.max(jnp.abs(k), axis=-1, keepdims=True) / 127  # per token and head
     assert cache["k"].dtype == jnp.int8
     assert np.all(np.abs(got - k) <= step / 2 + 1e-7)
-    np.testing.assert_allclose(read_cache(cache, "v", jnp.float32)[jnp.arange(2)[:, None], positions], -got)
+    np.testing.assert_allclose(tokens(read_cache(cache, "v", jnp.float32)), -got)
 
 
 def test_quantized_cache_decode_within_bound_contiguous_and_paged(models):
@@ -58,7 +62,7 @@ def test_quantized_cache_decode_within_bound_contiguous_and_paged(models):
     q_last, q_steps, qcache = _run(
         qmodel, params, ids, lambda c: c if c is not None else init_cache(qcfg, B, T + 2), steps
     )
-    assert qcache["layers"]["k"].dtype == jnp.int8 and qcache["layers"]["k_scale"].shape == (2, B, T + 2, 2)
+    assert qcache["layers"]["k"].dtype == jnp.int8 and qcache["layers"]["k_scale"].shape == (2, B, 2, T + 2)
     manager = PageManager(num_pages=40, page_size=PS, max_pages_per_request=4)
     manager.allocate("spacer", 5)
     cache_for, _ = _paged_cache_for(manager, init_paged_cache(qcfg, 40, PS))
