@@ -8,7 +8,8 @@ the smallest bucket that fits), inserted into a free slot, and decoded with whic
 other slots; a finished request frees its slot (and its pages) for the next one. Shapes never change (B, the
 buckets, S are fixed), every row's computation reads only its own cache row or pages, and each request
 samples with its own seed folded with its own step count, so a request's tokens never depend on its
-neighbours. The cache is contiguous ([U, B, K, S, H]) or paged (a pool of pages; see page_manager.py).
+neighbours. The cache is contiguous ([B, K, S, H] per layer) or paged (a pool of pages per layer; see
+page_manager.py), held per layer (kv_cache.per_layer) so that each decode step updates it in place.
 """
 
 import dataclasses
@@ -18,7 +19,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from MaxText.inference.generate import decode_step, prefill
-from MaxText.inference.kv_cache import init_cache, init_paged_cache, with_page_table, without_page_table
+from MaxText.inference.kv_cache import (
+    init_cache,
+    init_paged_cache,
+    per_layer,
+    with_page_table,
+    without_page_table,
+)
 from MaxText.inference.page_manager import PageManager
 from MaxText.inference.sampling import sample_rows
 from MaxText.kernels.paged import NULL_PAGE
@@ -90,7 +97,8 @@ class SamplingParams:
 
 @dataclasses.dataclass
 class Prefix:
-    """A prefilled request: its prompt's K/V ([U, 1, K, P, H] per layer), first token and prompt length."""
+    """A prefilled request: its prompt's K/V (per layer, kv_cache.per_layer: [1, K, P, H]), first token and
+    prompt length."""
 
     cache: dict
     first_token: jax.Array
@@ -105,7 +113,9 @@ def request_keys(seeds, steps):
 
 
 def _map_layers(fn, *trees):
-    """Applies fn to each layer's {"k", "v"} dict across matching cache trees."""
+    """Applies fn to each layer's {"k", "v"} dict across matching (per-layer) cache trees."""
+    if isinstance(trees[0], list):
+        return [_map_layers(fn, *units) for units in zip(*trees)]
     if "k" in trees[0]:
         return fn(*trees)
     return {name: _map_layers(fn, *(t[name] for t in trees)) for name in trees[0]}
@@ -136,7 +146,7 @@ class Engine:
     # ---- device functions (pure) ----
 
     def _prefill_fn(self, params, ids, length, temperature, top_k, top_p, seed):
-        cache = init_cache(self.model.config, 1, ids.shape[1])
+        cache = per_layer(init_cache(self.model.config, 1, ids.shape[1]))
         logits, cache = prefill(self.model, params, ids, length[None], cache)
         token = sample_rows(
             logits,
@@ -150,21 +160,18 @@ class Engine:
     def _insert_fn(self, state, prefix_cache, slot, token, length, table_row, sampling):
         cache = state["cache"]
         if self.config.paged:
-            positions = jnp.arange(jax.tree.leaves(prefix_cache)[0].shape[3], dtype=jnp.int32)[None]
+            positions = jnp.arange(jax.tree.leaves(prefix_cache)[0].shape[2], dtype=jnp.int32)[None]
 
-            def put(pool, pre):  # pool {"k": [U, NP, PS, K, H], ...}, pre {"k": [U, 1, K, P, H], ...}
-                def one_unit(pl, pr):
-                    paged_view = {**pl, "page_table": table_row[None]}
-                    tokens = {name: jnp.swapaxes(x, 1, 2) for name, x in pr.items()}  # [1, P, K, ...]
-                    return without_page_table(scatter_tokens(paged_view, tokens, positions))
-
-                return jax.vmap(one_unit)(pool, pre)
+            def put(pool, pre):  # one layer: pool {"k": [NP, PS, K, H], ...}, pre {"k": [1, K, P, H], ...}
+                paged_view = {**pool, "page_table": table_row[None]}
+                tokens = {name: jnp.swapaxes(x, 1, 2) for name, x in pre.items()}  # [1, P, K, ...]
+                return without_page_table(scatter_tokens(paged_view, tokens, positions))
 
             cache = _map_layers(put, cache, prefix_cache)
         else:
             cache = jax.tree.map(
                 lambda c, p: jax.lax.dynamic_update_slice(
-                    c, p.astype(c.dtype), (0, slot) + (0,) * (c.ndim - 2)
+                    c, p.astype(c.dtype), (slot,) + (0,) * (c.ndim - 1)
                 ),
                 cache,
                 prefix_cache,
@@ -216,9 +223,9 @@ class Engine:
         """An empty decode state: zeroed cache (or page pool), every slot inactive."""
         cfg, b = self.config, self.config.slots
         if cfg.paged:
-            cache = init_paged_cache(self.model.config, cfg.pool_pages, cfg.page_size)
+            cache = per_layer(init_paged_cache(self.model.config, cfg.pool_pages, cfg.page_size))
         else:
-            cache = init_cache(self.model.config, b, cfg.max_length)
+            cache = per_layer(init_cache(self.model.config, b, cfg.max_length))
         state = {
             "cache": cache,
             "tokens": jnp.zeros((b,), jnp.int32),

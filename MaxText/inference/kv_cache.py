@@ -18,6 +18,7 @@ quantize_kvcache=true (kv_quant_dtype=int8) stores "k"/"v" as int8 and adds "k_s
 attention reads dequantize (layers/quantizations.py). Only K/V caches quantize.
 """
 
+import jax
 import jax.numpy as jnp
 
 from MaxText.config.derived import ModelConfig
@@ -48,20 +49,39 @@ def _require_kv(cfg: ModelConfig, setting: str, lacks: str) -> None:
         )
 
 
-def with_page_table(pool: dict, page_table) -> dict:
-    """The pool with page_table [B, MP] added to every layer's dict, broadcast over its unit axis U."""
+def per_layer(cache: dict) -> dict:
+    """{stack: tree of [U, ...] arrays} -> {stack: [tree of unit 0, ..., tree of unit U - 1]}.
 
-    def attach(layer):
+    The serving engine keeps its cache this way: its decoder runs the layers unrolled, and a per-layer cache
+    lets each layer update its own donated arrays in place (a stacked one is sliced and stacked back, a
+    copy of the whole cache every step)."""
+    return {
+        name: [jax.tree.map(lambda x, i=i: x[i], tree) for i in range(jax.tree.leaves(tree)[0].shape[0])]
+        for name, tree in cache.items()
+    }
+
+
+def with_page_table(pool: dict, page_table) -> dict:
+    """The pool with page_table [B, MP] added to every layer's dict (broadcast over the unit axis U of a
+    stacked pool; as is for a per-layer one)."""
+
+    def attach(layer, stacked: bool):
+        if isinstance(layer, list):
+            return [attach(unit, False) for unit in layer]
         if "k" not in layer:  # a unit of several layers
-            return {name: attach(sub) for name, sub in layer.items()}
+            return {name: attach(sub, stacked) for name, sub in layer.items()}
+        if not stacked:
+            return {**layer, "page_table": page_table}
         units = layer["k"].shape[0]
         return {**layer, "page_table": jnp.broadcast_to(page_table, (units,) + page_table.shape)}
 
-    return {name: attach(stack) for name, stack in pool.items()}
+    return {name: attach(stack, True) for name, stack in pool.items()}
 
 
-def without_page_table(cache: dict) -> dict:
+def without_page_table(cache):
     """The pool alone: every layer's page_table removed (the inverse of with_page_table)."""
+    if isinstance(cache, list):
+        return [without_page_table(unit) for unit in cache]
     if "k" in cache:
         return {name: x for name, x in cache.items() if name != "page_table"}
     return {name: without_page_table(sub) for name, sub in cache.items()}

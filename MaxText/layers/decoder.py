@@ -92,11 +92,19 @@ class Decoder(nn.Module):
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
             return scanned(cfg, name=stack.name)(x, positions, segment_ids, mode, cache)
+        # A cache given per layer (a list, kv_cache.per_layer) stays per layer: each layer updates its own
+        # (donated) arrays in place, where slicing a stacked cache and stacking it back copies all of it.
+        per_layer = isinstance(cache, list)
         new_caches = []
         for i in range(stack.length):
-            layer_cache = None if cache is None else jax.tree.map(lambda c, i=i: c[i], cache)
+            if cache is None or per_layer:
+                layer_cache = None if cache is None else cache[i]
+            else:
+                layer_cache = jax.tree.map(lambda c, i=i: c[i], cache)
             x, c = block(cfg, name=f"{stack.name}_{i}")(x, positions, segment_ids, mode, layer_cache)
             new_caches.append(c)
+        if per_layer:
+            return x, new_caches
         new_cache = (
             None if cache is None else jax.tree.map(lambda *cs: jnp.stack(cs), new_caches[0], *new_caches[1:])
         )
