@@ -1,6 +1,7 @@
 """Dense projections and the (gated) MLP block."""
 
 import functools
+import math
 from typing import Sequence
 
 import flax.linen as nn
@@ -97,6 +98,15 @@ class DenseGeneral(nn.Module):
             if preferred_element_type is None:
                 return dense_dot(a, b, num_in, self.precision)
             dims = ((tuple(range(a.ndim - num_in, a.ndim)), tuple(range(num_in))), ((), ()))
+            if (
+                preferred_element_type == jnp.int32
+                and a.ndim > num_in
+                and a.size == math.prod(a.shape[-num_in:])
+            ):
+                # One row (batch-1 decode): XLA:CPU runs an int8 matrix-vector product about 7x slower than
+                # two rows (4.6 vs 0.6 ms for 256 x 32000), so add a zero row; integer sums make it exact.
+                two = jnp.concatenate([a, jnp.zeros_like(a)], axis=0)
+                return jax.lax.dot_general(two, b, dims, self.precision, preferred_element_type)[:1]
             return jax.lax.dot_general(a, b, dims, self.precision, preferred_element_type)
 
         w_scale = None

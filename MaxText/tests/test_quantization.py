@@ -51,6 +51,16 @@ def test_dense_equals_fake_quantized_float_dot_within_derived_bound(mode):
     assert float(jnp.max(bound)) > 0  # the bound is not vacuous: quantization did round
 
 
+def test_int8_one_row_equals_that_row_of_a_batch():
+    """A single row (batch-1 decode) takes the padded int8 path in DenseGeneral; per-token activation scales
+    make each row independent, so it must equal its row of a batched call bit for bit."""
+    x = jax.random.normal(jax.random.key(0), (3, 1, 4, 8))
+    layer, params, _ = _dense("int8", x, (6,))
+    batched = jax.jit(layer.apply)(params, x)
+    for i in range(3):
+        np.testing.assert_array_equal(jax.jit(layer.apply)(params, x[i : i + 1]), batched[i : i + 1])
+
+
 def test_int8_scales_are_per_output_channel_and_per_token():
     w = jnp.array([[1.0, -0.02], [-0.5, 0.01]])  # column maxima 1.0 and 0.02
     q, s = int8_quantize(w, (0,))
