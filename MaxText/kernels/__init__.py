@@ -5,9 +5,11 @@ Axis legend: B batch, T query length, S key length, N query heads, K kv heads, G
 `attention(q, k, v, q_pos, k_pos, q_seg, k_seg, spec)` with q [B, T, N, H], k/v [B, S, K, H], positions and
 segment ids [B, T] / [B, S] returns [B, T, N, H]. Query i sees key j when both are in the same segment,
 k_pos[j] <= q_pos[i], and (sliding window W > 0) q_pos[i] - k_pos[j] < W. Every kernel honours all of it or
-refuses (splash: see kernels/splash.py). `paged_attention` is the decode step over a paged cache.
+refuses (splash: see kernels/splash.py). `decode_attention` and `paged_attention` are the decode step over a contiguous and a paged cache.
 spec.kernel is the `attention` setting; kernels/select.py turns it into the kernel that runs.
 """
+
+import jax.numpy as jnp
 
 from MaxText.kernels import select
 from MaxText.kernels.flash import flash_attention
@@ -37,6 +39,15 @@ def attention(q, k, v, q_pos, k_pos, q_seg, k_seg, spec: AttentionSpec):
     return KERNELS[name](q, k, v, q_pos, k_pos, q_seg, k_seg, spec)
 
 
+def decode_attention(q, k, v, q_pos, spec: AttentionSpec):
+    """Decode step over a contiguous cache k/v [B, K, S, H] whose slot j holds position j: the reference
+    kernel reads the cache in that layout (one query per row against a long cache: the efficient choice)."""
+    b, s = k.shape[0], k.shape[2]
+    slots = jnp.broadcast_to(jnp.arange(s, dtype=q_pos.dtype), (b, s))
+    ones_q, ones_k = jnp.ones_like(q_pos), jnp.ones_like(slots)
+    return dot_product_attention(q, k, v, q_pos, slots, ones_q, ones_k, spec, kv_heads_major=True)
+
+
 def paged_attention(q, k_pages, v_pages, page_table, q_pos, spec: AttentionSpec, k_scale=None, v_scale=None):
     """Decode step over a paged cache (same contract as paged.paged_attention_reference).
 
@@ -55,6 +66,7 @@ __all__ = [
     "AttentionSpec",
     "KERNELS",
     "attention",
+    "decode_attention",
     "dot_product_attention",
     "flash_attention",
     "flash_attention_pallas",

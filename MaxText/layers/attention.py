@@ -24,7 +24,6 @@ from jax.ad_checkpoint import checkpoint_name
 
 from MaxText import kernels
 from MaxText.kernels import paged
-from MaxText.kernels.reference import dot_product_attention
 from MaxText.layers.common import constrain
 from MaxText.layers.embeddings import RopeConfig, apply_rope
 from MaxText.layers.linears import DenseGeneral
@@ -161,13 +160,9 @@ class Attention(nn.Module):
             )  # fmt: skip
         else:
             new_cache = write_cache(cache, k, v, positions)
-            b, s = new_cache["k"].shape[0], new_cache["k"].shape[2]
-            slots = jnp.broadcast_to(jnp.arange(s, dtype=positions.dtype), (b, s))
-            ones_q = jnp.ones_like(positions)
-            # One query per row against a long cache: the reference kernel is the efficient choice here.
-            out = dot_product_attention(
-                q, read_cache(new_cache, "k", self.dtype), read_cache(new_cache, "v", self.dtype),
-                positions, slots, ones_q, jnp.ones_like(slots), self._spec("dot_product"), kv_heads_major=True,
+            out = kernels.decode_attention(
+                q, read_cache(new_cache, "k", self.dtype), read_cache(new_cache, "v", self.dtype), positions,
+                self._spec("dot_product"),
             )  # fmt: skip
         out = checkpoint_name(
             constrain(out, ("activation_batch", "activation_length", "activation_heads", "activation_kv")),

@@ -97,8 +97,10 @@ class Decoder(nn.Module):
         per_layer = isinstance(cache, list)
         new_caches = []
         for i in range(stack.length):
-            if cache is None or per_layer:
-                layer_cache = None if cache is None else cache[i]
+            if cache is None:
+                layer_cache = None
+            elif per_layer:
+                layer_cache = cache[i]
             else:
                 layer_cache = jax.tree.map(lambda c, i=i: c[i], cache)
             x, c = block(cfg, name=f"{stack.name}_{i}")(x, positions, segment_ids, mode, layer_cache)

@@ -1,9 +1,7 @@
 """scan_layers interchange: parameters saved scanned load per-layer and back, bit-exact and sharded; a run
 resumes with the other setting."""
 
-import json
 import os
-import shutil
 
 import jax
 import orbax.checkpoint as ocp
@@ -14,6 +12,7 @@ from MaxText.config import load_config, model_config
 from MaxText.layers.decoder import unstack_layers
 from MaxText.parallel import mesh as mesh_lib
 from MaxText.tests.conftest import BASE_YML, TINY
+from MaxText.tests.test_train import fork_run, train_run
 from MaxText.training import checkpointing, layer_layout, trainer
 from MaxText.training.train_state import init_state
 
@@ -72,23 +71,7 @@ def checkpointing_state(params):
 
 
 def _train(base, run_name, scan: bool, steps: int) -> list:
-    """Trains run_name to `steps` (resuming it if it exists); returns the losses this invocation logged."""
-    cfg = load_config(
-        [BASE_YML, *TINY, "enable_checkpointing=true", "checkpoint_period=2", "learning_rate_schedule_steps=6",
-         f"scan_layers={str(scan).lower()}", f"steps={steps}", f"base_output_directory={base}",
-         f"run_name={run_name}"]
-    )  # fmt: skip
-    assert trainer.train(cfg) == 0
-    with open(os.path.join(base, run_name, "metrics.jsonl"), encoding="utf-8") as f:
-        return [r["loss"] for r in map(json.loads, f) if "loss" in r]
-
-
-def _fork(base, source: str, step: int, run_name: str) -> None:
-    """A new run whose only checkpoint is `source`'s step (so it resumes from there)."""
-    shutil.copytree(
-        os.path.join(base, source, "checkpoints", str(step)),
-        os.path.join(base, run_name, "checkpoints", str(step)),
-    )
+    return train_run(base, run_name, steps, [f"scan_layers={str(scan).lower()}"])
 
 
 @pytest.mark.slow
@@ -98,11 +81,11 @@ def test_full_checkpoint_resumes_with_the_other_setting(tmp_path):
     passes agree to float rounding, hence rtol)."""
     ref = _train(tmp_path, "ref", True, 6)
     assert len(set(ref)) == 6
-    _fork(tmp_path, "ref", 2, "s2u")
+    fork_run(tmp_path, "ref", 2, "s2u")
     np.testing.assert_allclose(_train(tmp_path, "s2u", False, 4), ref[2:4], rtol=1e-5)
     stored = ocp.PyTreeCheckpointer().metadata(os.path.join(tmp_path, "s2u", "checkpoints", "4", "state"))
     assert "layers_1" in getattr(stored, "item_metadata", stored)["params"]["decoder"]  # saved per-layer now
-    _fork(tmp_path, "s2u", 4, "u2s")
+    fork_run(tmp_path, "s2u", 4, "u2s")
     np.testing.assert_allclose(_train(tmp_path, "u2s", True, 6), ref[4:6], rtol=1e-5)
 
 

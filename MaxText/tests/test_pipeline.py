@@ -1,10 +1,6 @@
 """Pipeline parallelism over the stage axis: loss equals the single-device run, checkpoints move to and from
 a mesh without a pipeline, layout, config errors."""
 
-import json
-import os
-import shutil
-
 import jax
 import numpy as np
 import pytest
@@ -13,7 +9,7 @@ from MaxText.config import ConfigError, load_config
 from MaxText.parallel import mesh as mesh_lib
 from MaxText.parallel import pipeline
 from MaxText.tests.conftest import BASE_YML, TINY
-from MaxText.tests.test_train import run_steps
+from MaxText.tests.test_train import fork_run, run_steps, train_run
 from MaxText.training import trainer
 
 FOUR_LAYERS = ["base_num_decoder_layers=4"]
@@ -59,15 +55,7 @@ def test_pipeline_loss_equals_single_device(single_device_four_layers, mesh):
 
 
 def _train(base, run_name, steps: int, mesh) -> list:
-    """Trains run_name on all 8 devices to `steps` (resuming it if it has a checkpoint); returns its losses."""
-    cfg = load_config(
-        [BASE_YML, *TINY, *FOUR_LAYERS, *mesh, "per_device_batch_size=1", "enable_checkpointing=true",
-         "checkpoint_period=2", "learning_rate_schedule_steps=6", f"steps={steps}",
-         f"base_output_directory={base}", f"run_name={run_name}"]
-    )  # fmt: skip
-    assert trainer.train(cfg) == 0
-    with open(os.path.join(base, run_name, "metrics.jsonl"), encoding="utf-8") as f:
-        return [r["loss"] for r in map(json.loads, f) if "loss" in r]
+    return train_run(base, run_name, steps, [*FOUR_LAYERS, *mesh, "per_device_batch_size=1"])
 
 
 @pytest.mark.slow
@@ -77,14 +65,9 @@ def test_checkpoint_moves_between_pipeline_and_no_pipeline(tmp_path):
     staged, flat = ["ici_pipeline_parallelism=2", "ici_fsdp_parallelism=4"], ["ici_fsdp_parallelism=8"]
     ref = _train(tmp_path, "ref", 6, staged)
     assert len(set(ref)) == 6
-
-    def fork(source, step, run_name):
-        src = os.path.join(tmp_path, source, "checkpoints", str(step))
-        shutil.copytree(src, os.path.join(tmp_path, run_name, "checkpoints", str(step)))
-
-    fork("ref", 2, "to_flat")
+    fork_run(tmp_path, "ref", 2, "to_flat")
     np.testing.assert_allclose(_train(tmp_path, "to_flat", 4, flat), ref[2:4], rtol=1e-5)
-    fork("to_flat", 4, "to_staged")
+    fork_run(tmp_path, "to_flat", 4, "to_staged")
     np.testing.assert_allclose(_train(tmp_path, "to_staged", 6, staged), ref[4:6], rtol=1e-5)
 
 

@@ -3,6 +3,7 @@
 import functools
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -32,6 +33,27 @@ def run_steps(overrides, num_devices=1, steps=3):
             state, metrics = p_train(state, trainer.to_device(s, next(it)))
             losses.append(float(metrics["loss"]))
     return np.array(losses), jax.device_get(state)
+
+
+def train_run(base, run_name, steps: int, overrides) -> list:
+    """Trains run_name under `base` to `steps` with a checkpoint every 2 steps and a 6-step LR schedule
+    (resuming it if it has a checkpoint); returns the losses this invocation logged."""
+    cfg = load_config(
+        [BASE_YML, *TINY, *overrides, "enable_checkpointing=true", "checkpoint_period=2",
+         "learning_rate_schedule_steps=6", f"steps={steps}", f"base_output_directory={base}",
+         f"run_name={run_name}"]
+    )  # fmt: skip
+    assert trainer.train(cfg) == 0
+    with open(os.path.join(base, run_name, "metrics.jsonl"), encoding="utf-8") as f:
+        return [r["loss"] for r in map(json.loads, f) if "loss" in r]
+
+
+def fork_run(base, source: str, step: int, run_name: str) -> None:
+    """A new run whose only checkpoint is `source`'s step (so it resumes from there)."""
+    shutil.copytree(
+        os.path.join(base, source, "checkpoints", str(step)),
+        os.path.join(base, run_name, "checkpoints", str(step)),
+    )
 
 
 @pytest.fixture(scope="module")
