@@ -11,7 +11,7 @@ import yaml
 
 from MaxText import paths
 from MaxText.config.errors import ConfigError, suggest
-from MaxText.config.schema import FIELDS, Config
+from MaxText.config.schema import SETTINGS, Config
 from MaxText.config import validate
 
 MODELS_DIR = os.path.join(paths.REPO_ROOT, "configs", "models")
@@ -61,8 +61,8 @@ def _parse_cli(args) -> dict:
 
 
 def _check_known(key: str, source: str) -> None:
-    if key not in FIELDS:
-        raise ConfigError(f"unknown key {key!r} ({source}){suggest(key, FIELDS)}")
+    if key not in SETTINGS:
+        raise ConfigError(f"unknown key {key!r} ({source}){suggest(key, SETTINGS)}")
 
 
 def load_config(argv, known_blocks=None, overlay=None) -> Config:
@@ -99,7 +99,7 @@ def load_config(argv, known_blocks=None, overlay=None) -> Config:
         values[key] = validate.coerce(key, value, from_cli=False, source="checkpoint config")
     for key, value in cli.items():
         values[key] = validate.coerce(key, value, from_cli=True, source="command line")
-    missing = [k for k in FIELDS if k not in values]
+    missing = [k for k in SETTINGS if k not in values]
     if missing:
         raise ConfigError(f"config {argv[0]!r} lacks keys {missing}; start from configs/base.yml")
     values["model_name"] = model_name

@@ -1,11 +1,10 @@
 """Type coercion and validation of config values. Pure Python: nothing here touches JAX."""
 
-import typing
-
 import yaml
 
 from MaxText.config.errors import ConfigError, suggest
-from MaxText.config.schema import ACTIVATIONS, FIELDS, MESH_AXES, REMAT_TENSORS, Config
+from MaxText.config.choices import Activation
+from MaxText.config.schema import MESH_AXES, REMAT_TENSORS, SETTINGS, Config
 from MaxText.models.registry import LOCAL_GLOBAL_BLOCKS, MLA_BLOCKS, MOE_BLOCKS
 
 
@@ -51,7 +50,6 @@ def _as_str(value, bad):
 
 
 _CONVERTERS = {bool: _as_bool, int: _as_int, float: _as_float, list: _as_list, str: _as_str}
-_BY_NAME = {"int": int, "float": float, "bool": bool, "str": str, "list": list}
 
 
 def coerce(key: str, value, from_cli: bool, source: str):
@@ -60,8 +58,7 @@ def coerce(key: str, value, from_cli: bool, source: str):
     Command-line values arrive as strings: str keys keep them verbatim, others are parsed as YAML scalars.
     PyYAML reads exponent floats without a dot (1e-5) as strings, so float keys accept numeric strings.
     """
-    tp = FIELDS[key].type
-    tp = _BY_NAME.get(tp, tp) if isinstance(tp, str) else (typing.get_origin(tp) or tp)
+    tp = SETTINGS[key].type
     if from_cli and tp is not str:
         try:
             value = yaml.safe_load(value) if value != "" else ""
@@ -74,17 +71,18 @@ def coerce(key: str, value, from_cli: bool, source: str):
 
 def check_field(key: str, value) -> None:
     """Checks the per-key constraints declared in the schema."""
-    meta = FIELDS[key].metadata
-    if "choices" in meta and value not in meta["choices"]:
-        choices = ", ".join(repr(c) for c in meta["choices"])
-        hint = suggest(str(value), [str(c) for c in meta["choices"]])
-        raise ConfigError(f"{key}={value!r}: expected one of {choices}{hint}")
-    if "gt" in meta and not value > meta["gt"]:
-        raise ConfigError(f"{key}={value!r}: expected a value > {meta['gt']}")
-    if "ge" in meta and not value >= meta["ge"]:
-        raise ConfigError(f"{key}={value!r}: expected a value >= {meta['ge']}")
-    if "le" in meta and not value <= meta["le"]:
-        raise ConfigError(f"{key}={value!r}: expected a value <= {meta['le']}")
+    s = SETTINGS[key]
+    if s.choices is not None and value not in [c.value for c in s.choices]:
+        values = [c.value for c in s.choices]
+        raise ConfigError(
+            f"{key}={value!r}: expected one of {', '.join(repr(c) for c in values)}{suggest(str(value), values)}"
+        )
+    if s.gt is not None and not value > s.gt:
+        raise ConfigError(f"{key}={value!r}: expected a value > {s.gt}")
+    if s.ge is not None and not value >= s.ge:
+        raise ConfigError(f"{key}={value!r}: expected a value >= {s.ge}")
+    if s.le is not None and not value <= s.le:
+        raise ConfigError(f"{key}={value!r}: expected a value <= {s.le}")
 
 
 def _require(cond: bool, message: str) -> None:
@@ -222,11 +220,12 @@ def check_cross_field(cfg: Config, known_blocks) -> None:
         f"{cfg.base_num_query_heads}",
     )
     _require(len(cfg.mlp_activations) > 0, "mlp_activations=[]: expected at least one activation")
+    activations = [a.value for a in Activation]
     for act in cfg.mlp_activations:
         _require(
-            act in ACTIVATIONS,
-            f"mlp_activations contains {act!r}: expected each of {', '.join(ACTIVATIONS)}"
-            + suggest(str(act), ACTIVATIONS),
+            act in activations,
+            f"mlp_activations contains {act!r}: expected each of {', '.join(activations)}"
+            + suggest(str(act), activations),
         )
     _require(cfg.head_dim % 2 == 0, f"head_dim={cfg.head_dim}: rotary embeddings need an even head dimension")
     if cfg.rope_type == "llama3":

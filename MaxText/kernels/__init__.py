@@ -20,7 +20,7 @@ from MaxText.kernels.paged_pallas import paged_attention_pallas
 from MaxText.kernels.reference import dot_product_attention
 from MaxText.kernels.splash import splash_attention
 
-ATTENTION_CHOICES = select.ATTEND_KERNELS + ("paged", "autoselected")
+ATTENTION_CHOICES = select.ATTEND_KERNELS + select.TABLE_SETTINGS
 
 
 def _flash(q, k, v, q_pos, k_pos, q_seg, k_seg, spec):

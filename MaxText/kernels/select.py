@@ -7,11 +7,15 @@ cache. `attention` names a train/prefill kernel (dot_product, flash, splash), th
 
 import jax
 
+from MaxText.config.choices import AttentionKernel as K
+
 # CPU, attend phase: below this many keys dot_product (one [T, S] matmul) is faster than the blockwise scan,
 # and its [T, S] float32 scores per head still fit in cache-friendly memory; above it flash keeps O(T) memory.
 CPU_FLASH_MIN_LENGTH = 1024
 
-ATTEND_KERNELS = ("dot_product", "flash", "splash")
+ATTEND_KERNELS = (K.DOT_PRODUCT, K.FLASH, K.SPLASH)
+# The settings that ask for a table rather than naming a train/prefill kernel.
+TABLE_SETTINGS = (K.PAGED, K.AUTOSELECTED)
 
 
 def platform() -> str:
@@ -27,10 +31,8 @@ def attend_kernel(attention: str, on: str, length: int) -> str:
     TPU splash, GPU flash (the Pallas kernel), CPU flash from CPU_FLASH_MIN_LENGTH keys, else dot_product."""
     if attention in ATTEND_KERNELS:
         return attention
-    if attention not in ("paged", "autoselected"):
-        raise ValueError(
-            f"attention={attention!r}: expected one of {', '.join(ATTEND_KERNELS)}, paged, autoselected"
-        )
+    if attention not in TABLE_SETTINGS:
+        raise ValueError(f"attention={attention!r}: expected one of {', '.join(K)}")
     if on == "tpu":
         return "splash"
     if on == "gpu" or length >= CPU_FLASH_MIN_LENGTH:

@@ -4,11 +4,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+from MaxText.config.choices import DType, Precision
+
+DTYPES = {DType.FLOAT32: jnp.float32, DType.BFLOAT16: jnp.bfloat16, DType.FLOAT16: jnp.float16}
 PRECISIONS = {
-    "default": jax.lax.Precision.DEFAULT,
-    "high": jax.lax.Precision.HIGH,
-    "highest": jax.lax.Precision.HIGHEST,
+    Precision.DEFAULT: jax.lax.Precision.DEFAULT,
+    Precision.HIGH: jax.lax.Precision.HIGH,
+    Precision.HIGHEST: jax.lax.Precision.HIGHEST,
 }
 
 

@@ -9,15 +9,16 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
+from MaxText.config.choices import Activation
 from MaxText.layers.common import constrain, param_with_axes
 from MaxText.layers.quantizations import QuantConfig, quantized_dot
 
 ACTIVATIONS = {
-    "silu": jax.nn.silu,
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "relu": jax.nn.relu,
-    "linear": lambda x: x,
+    Activation.SILU: jax.nn.silu,
+    Activation.GELU: lambda x: jax.nn.gelu(x, approximate=False),
+    Activation.GELU_TANH: lambda x: jax.nn.gelu(x, approximate=True),
+    Activation.RELU: jax.nn.relu,
+    Activation.LINEAR: lambda x: x,
 }
 
 

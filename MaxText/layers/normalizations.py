@@ -3,6 +3,7 @@
 import flax.linen as nn
 import jax.numpy as jnp
 
+from MaxText.config.choices import NormType
 from MaxText.layers.common import param_with_axes
 
 
@@ -57,7 +58,7 @@ class LayerNorm(nn.Module):
         return y.astype(self.dtype)
 
 
-NORMS = {"rmsnorm": RMSNorm, "layernorm": LayerNorm}
+NORMS = {NormType.RMSNORM: RMSNorm, NormType.LAYERNORM: LayerNorm}
 
 
 def make_norm(kind: str, name: str, **kwargs) -> nn.Module:

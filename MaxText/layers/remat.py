@@ -11,6 +11,7 @@ Offloading needs a backend with a pinned_host memory space; trainer.build checks
 
 import jax
 
+from MaxText.config.choices import RematPolicy as P
 from MaxText.config.schema import REMAT_TENSORS as TENSORS  # pylint: disable=unused-import  # re-exported
 
 _QKV = ("query_proj", "key_proj", "value_proj")
@@ -18,16 +19,17 @@ _MATMULS = _QKV + ("out_proj", "mlpwi", "mlpwo")
 
 # name -> (tensors saved on the device, tensors offloaded to the host)
 POLICIES = {
-    "minimal": (_MATMULS, ()),
-    "save_dot_except_mlpwi": (_QKV + ("out_proj", "mlpwo"), ()),
-    "save_dot_except_mlp": (_QKV + ("out_proj",), ()),
-    "save_dot_with_context_except_mlp": (_QKV + ("context", "out_proj"), ()),
-    "save_qkv_proj": (_QKV, ()),
-    "save_out_proj": (("out_proj",), ()),
-    "qkv_proj_offloaded": ((), _QKV),
-    "minimal_offloaded": ((), _MATMULS),
+    P.MINIMAL: (_MATMULS, ()),
+    P.SAVE_DOT_EXCEPT_MLPWI: (_QKV + ("out_proj", "mlpwo"), ()),
+    P.SAVE_DOT_EXCEPT_MLP: (_QKV + ("out_proj",), ()),
+    P.SAVE_DOT_WITH_CONTEXT_EXCEPT_MLP: (_QKV + ("context", "out_proj"), ()),
+    P.SAVE_QKV_PROJ: (_QKV, ()),
+    P.SAVE_OUT_PROJ: (("out_proj",), ()),
+    P.QKV_PROJ_OFFLOADED: ((), _QKV),
+    P.MINIMAL_OFFLOADED: ((), _MATMULS),
 }
-NAMES = ("none", "full", *POLICIES, "custom")
+# Every policy name: "none" (no remat), "full" (save nothing), the table above and "custom" (per-tensor keys).
+NAMES = (P.NONE, P.FULL, *POLICIES, P.CUSTOM)
 
 
 def saved_and_offloaded(name: str, custom: tuple = ()) -> tuple:

@@ -11,13 +11,13 @@ import yaml
 from MaxText import paths
 from MaxText.config import ConfigError, load_config, save_config
 from MaxText.config.loader import available_models
-from MaxText.config.schema import FIELDS
+from MaxText.config.schema import SETTINGS
 
 
 def test_base_yml_and_schema_list_the_same_keys(base_yml):
     with open(base_yml, encoding="utf-8") as f:
         keys = set(yaml.safe_load(f))
-    assert keys == set(FIELDS)
+    assert keys == set(SETTINGS)
 
 
 def test_defaults_load(base_yml):

@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 
 from MaxText.config import ConfigError, load_config, model_config
-from MaxText.config.schema import REMAT_POLICIES, REMAT_TENSORS
+from MaxText.config.choices import RematPolicy
+from MaxText.config.schema import REMAT_TENSORS
+
+REMAT_POLICIES = [p.value for p in RematPolicy]
 from MaxText.layers import remat
 from MaxText.tests.conftest import BASE_YML, TINY
 from MaxText.training import trainer

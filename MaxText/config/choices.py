@@ -1,0 +1,138 @@
+"""The allowed values of the settings that name an implementation, one Enum each.
+
+Config sits below every package that implements these choices, so the Enums live here and the
+implementations key their tables by them (tests/config checks that each table covers its Enum exactly).
+Members are StrEnums: a config value is a plain string and compares equal to its member.
+"""
+
+import enum
+
+
+class DType(enum.StrEnum):
+    FLOAT32 = "float32"
+    BFLOAT16 = "bfloat16"
+    FLOAT16 = "float16"
+
+
+class Precision(enum.StrEnum):
+    DEFAULT = "default"
+    HIGH = "high"
+    HIGHEST = "highest"
+
+
+class Activation(enum.StrEnum):
+    SILU = "silu"
+    GELU = "gelu"
+    GELU_TANH = "gelu_tanh"
+    RELU = "relu"
+    LINEAR = "linear"
+
+
+class AttentionKernel(enum.StrEnum):
+    """The `attention` setting: a train/prefill kernel, the paged decode kernel, or the platform table."""
+
+    DOT_PRODUCT = "dot_product"
+    FLASH = "flash"
+    SPLASH = "splash"
+    PAGED = "paged"
+    AUTOSELECTED = "autoselected"
+
+
+class RopeType(enum.StrEnum):
+    DEFAULT = "default"
+    LLAMA3 = "llama3"
+    LINEAR = "linear"
+    YARN = "yarn"
+
+
+class NormType(enum.StrEnum):
+    RMSNORM = "rmsnorm"
+    LAYERNORM = "layernorm"
+
+
+class RematPolicy(enum.StrEnum):
+    NONE = "none"
+    MINIMAL = "minimal"
+    SAVE_DOT_EXCEPT_MLP = "save_dot_except_mlp"
+    SAVE_QKV_PROJ = "save_qkv_proj"
+    SAVE_OUT_PROJ = "save_out_proj"
+    FULL = "full"
+    SAVE_DOT_EXCEPT_MLPWI = "save_dot_except_mlpwi"
+    SAVE_DOT_WITH_CONTEXT_EXCEPT_MLP = "save_dot_with_context_except_mlp"
+    QKV_PROJ_OFFLOADED = "qkv_proj_offloaded"
+    MINIMAL_OFFLOADED = "minimal_offloaded"
+    CUSTOM = "custom"
+
+
+class RematPlacement(enum.StrEnum):
+    """Where remat_policy=custom keeps one named activation: recomputed, saved on device, or offloaded."""
+
+    REMAT = "remat"
+    DEVICE = "device"
+    OFFLOAD = "offload"
+
+
+class DatasetType(enum.StrEnum):
+    BUILTIN = "builtin"
+    SYNTHETIC = "synthetic"
+    GRAIN = "grain"
+    HF = "hf"
+    TFDS = "tfds"
+
+
+class PackingType(enum.StrEnum):
+    FIRST_FIT = "first_fit"
+    CONCAT = "concat"
+
+
+class Profiler(enum.StrEnum):
+    OFF = ""
+    XPLANE = "xplane"
+
+
+class SamplingStrategy(enum.StrEnum):
+    GREEDY = "greedy"
+    WEIGHTED = "weighted"
+    TOPK = "topk"
+    NUCLEUS = "nucleus"
+
+
+class ScoreFunc(enum.StrEnum):
+    SOFTMAX = "softmax"
+    SIGMOID = "sigmoid"
+
+
+class GroupScore(enum.StrEnum):
+    MAX = "max"
+    TOP2_SUM = "top2_sum"
+
+
+class KVCacheKind(enum.StrEnum):
+    CONTIGUOUS = "contiguous"
+    PAGED = "paged"
+
+
+class Quantization(enum.StrEnum):
+    NONE = ""
+    INT8 = "int8"
+    INT8W = "int8w"
+    FP8 = "fp8"
+
+
+class KVQuantDType(enum.StrEnum):
+    INT8 = "int8"
+
+
+class MeshAxis(enum.StrEnum):
+    """Device mesh axes as MaxText names them (parallel/mesh.py builds the mesh; mesh_axes orders them)."""
+
+    DATA = "data"
+    STAGE = "stage"
+    FSDP = "fsdp"
+    FSDP_TRANSPOSE = "fsdp_transpose"
+    SEQUENCE = "sequence"
+    CONTEXT = "context"
+    TENSOR = "tensor"
+    TENSOR_SEQUENCE = "tensor_sequence"
+    EXPERT = "expert"
+    AUTOREGRESSIVE = "autoregressive"
