@@ -25,12 +25,12 @@ import numpy as np
 
 from MaxText import paths
 from MaxText.config import Config, load_config
-from MaxText.config.checkpoint_overlay import saved_model_keys
+from MaxText.checkpoint.config_overlay import saved_model_keys
 from MaxText.inference.generate import DecodeSettings, Generator
 from MaxText.inference.sampling import SamplingConfig
 from MaxText.inference.session import abstract_params
 from MaxText.parallel import mesh as mesh_lib
-from MaxText.training import checkpointing
+from MaxText.checkpoint import checkpointing
 
 BASE_YML = os.path.join(paths.REPO_ROOT, "configs", "base.yml")
 # Inference defaults that differ from base.yml's training defaults; explicit overrides win.

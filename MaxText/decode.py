@@ -10,7 +10,7 @@ Prints each prompt's continuation, the time to first token and decode tokens/s.
 import sys
 
 from MaxText.config import ConfigError, exit_on_config_error
-from MaxText.config.checkpoint_overlay import load_config_from_checkpoint
+from MaxText.checkpoint.config_overlay import load_config_from_checkpoint
 
 
 @exit_on_config_error

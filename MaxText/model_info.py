@@ -22,7 +22,7 @@ import jax
 from MaxText.config import exit_on_config_error, load_config, model_config
 from MaxText.config.derived import ModelConfig
 from MaxText.training import flops
-from MaxText.training.train_state import init_params_boxed, make_model
+from MaxText.models.transformer import init_params_boxed, make_model
 
 ADAM_STATE_BYTES_PER_PARAM = 8  # mu and nu, float32 each
 

@@ -16,7 +16,7 @@ import signal
 import sys
 
 from MaxText.config import exit_on_config_error
-from MaxText.config.checkpoint_overlay import load_config_from_checkpoint
+from MaxText.checkpoint.config_overlay import load_config_from_checkpoint
 
 
 def model_id(path: str) -> str:

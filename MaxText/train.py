@@ -10,7 +10,7 @@ import shlex
 import sys
 
 from MaxText.config import exit_on_config_error, non_default_items, run_dir, save_config
-from MaxText.config.checkpoint_overlay import load_config_from_checkpoint
+from MaxText.checkpoint.config_overlay import load_config_from_checkpoint
 
 
 def show_sample(cfg) -> None:
@@ -55,7 +55,7 @@ def main(argv) -> int:
 
 
 def _finished(cfg) -> bool:
-    from MaxText.training import checkpointing  # pylint: disable=import-outside-toplevel
+    from MaxText.checkpoint import checkpointing  # pylint: disable=import-outside-toplevel
 
     step_dir = checkpointing.resolve_step_dir(run_dir(cfg))
     return int(os.path.basename(step_dir)) >= cfg.steps

@@ -129,7 +129,7 @@ def export_hf(cfg, params, workdir: str) -> str:
     """Writes params as a MaxText checkpoint, then exports it with maxtext_to_hf; returns the HF dir."""
     # pylint: disable=import-outside-toplevel
     from MaxText.conversion import maxtext_to_hf
-    from MaxText.training import checkpointing
+    from MaxText.checkpoint import checkpointing
 
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "ckpt"), 1, async_save=False)
     ckpt.save(0, {"params": params}, {}, {"config": checkpointing.config_dict(cfg)})
@@ -198,7 +198,7 @@ def quantized_params(model_cfg, params, mode: str):
     import jax
 
     from MaxText.layers.quantizations import quantize_params
-    from MaxText.training.train_state import init_params_boxed, make_model
+    from MaxText.models.transformer import init_params_boxed, make_model
 
     model = make_model(model_cfg.replace(quantization=mode, checkpoint_is_quantized=bool(mode)))
     if not mode:
@@ -236,7 +236,7 @@ def run_all(args, cfg) -> dict:
     import jax
 
     from MaxText.config import model_config
-    from MaxText.training.train_state import init_params_boxed, make_model
+    from MaxText.models.transformer import init_params_boxed, make_model
 
     load_before = os.getloadavg()
     model_cfg = model_config(cfg)

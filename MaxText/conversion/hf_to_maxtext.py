@@ -20,10 +20,11 @@ import yaml
 
 from MaxText import paths
 from MaxText.config import ConfigError, load_config, model_config
-from MaxText.conversion import hf_config, orbax_io, tokenizer_files
-from MaxText.conversion.safetensors_io import SafetensorsReader
+from MaxText.checkpoint import orbax_io
+from MaxText.conversion import hf_config, tokenizer_files
+from MaxText.checkpoint.safetensors_io import SafetensorsReader
 from MaxText.models import hf_mappings
-from MaxText.training import checkpointing
+from MaxText.checkpoint import checkpointing
 
 DTYPES = {
     "float32": np.dtype(np.float32),

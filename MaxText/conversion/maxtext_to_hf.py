@@ -15,13 +15,14 @@ import numpy as np
 
 from MaxText import paths
 from MaxText.config import ConfigError, load_config, model_config
-from MaxText.config.checkpoint_overlay import saved_model_keys
+from MaxText.checkpoint.config_overlay import saved_model_keys
 from MaxText.config.derived import MODEL_KEYS
-from MaxText.conversion import orbax_io, tokenizer_files
+from MaxText.checkpoint import orbax_io
+from MaxText.conversion import tokenizer_files
 from MaxText.conversion.hf_to_maxtext import DTYPES, Progress, finish_output, megabytes, prepare_output
-from MaxText.conversion.safetensors_io import ShardedWriter
+from MaxText.checkpoint.safetensors_io import ShardedWriter
 from MaxText.models import hf_mappings
-from MaxText.training import checkpointing
+from MaxText.checkpoint import checkpointing
 
 DEFAULT_SHARD_BYTES = 5 * 2**30
 

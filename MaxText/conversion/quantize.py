@@ -15,7 +15,7 @@ import os
 import jax
 
 from MaxText.config import ConfigError
-from MaxText.config.checkpoint_overlay import load_config_from_checkpoint
+from MaxText.checkpoint.config_overlay import load_config_from_checkpoint
 from MaxText.layers.quantizations import STORED_MODES, quantize_params
 from MaxText.parallel import mesh as mesh_lib
 
@@ -24,7 +24,7 @@ def quantize_checkpoint(argv, log=print) -> str:
     """Runs the conversion for a config command line; returns the written directory."""
     # pylint: disable=import-outside-toplevel
     from MaxText.inference.session import abstract_params
-    from MaxText.training import checkpointing
+    from MaxText.checkpoint import checkpointing
 
     cfg, path = load_config_from_checkpoint(argv, require_checkpoint=True)
     dst = cfg.save_quantized_params_path

@@ -30,8 +30,7 @@ from MaxText.inference.page_manager import PageManager
 from MaxText.inference.sampling import sample_rows
 from MaxText.kernels.paged import NULL_PAGE
 from MaxText.layers.attention import scatter_tokens
-from MaxText.layers.decoder import unstack_layers
-from MaxText.training.train_state import make_model
+from MaxText.models.transformer import make_model, unstack_layers
 
 
 @dataclasses.dataclass(frozen=True)

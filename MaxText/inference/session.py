@@ -10,8 +10,8 @@ from MaxText.config import Config, model_config
 from MaxText.inference.batcher import Batcher, Request
 from MaxText.inference.engine import Engine, EngineConfig, SamplingParams, default_buckets
 from MaxText.parallel import mesh as mesh_lib
-from MaxText.training import checkpointing
-from MaxText.training.train_state import init_params_boxed, make_model
+from MaxText.checkpoint import checkpointing
+from MaxText.models.transformer import init_params_boxed, make_model
 
 
 def sampling_params(cfg: Config, seed_offset: int = 0) -> SamplingParams:

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 
 from MaxText.config.choices import DType, Precision
+from MaxText.parallel.logical import constrain  # pylint: disable=unused-import  # re-exported for the layers
 
 DTYPES = {DType.FLOAT32: jnp.float32, DType.BFLOAT16: jnp.bfloat16, DType.FLOAT16: jnp.float16}
 PRECISIONS = {
@@ -20,11 +21,6 @@ def dtype_of(name: str):
 
 def precision_of(name: str):
     return PRECISIONS[name]
-
-
-def constrain(x, names):
-    """Annotates an activation with logical axis names; a no-op outside a mesh + rules context."""
-    return nn.with_logical_constraint(x, names)
 
 
 def param_with_axes(module: nn.Module, name: str, init, shape, dtype, axes):

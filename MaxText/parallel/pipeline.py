@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from MaxText.config import ConfigError
-from MaxText.layers.common import constrain
+from MaxText.parallel.logical import constrain
 
 STAGE_AXIS = "stage"
 # The state's leading axis is the stage; "layers" is the logical name that the rules map to `stage`.

@@ -26,7 +26,8 @@ from MaxText import input_pipeline, paths
 from MaxText.config import ConfigError, load_config
 from MaxText.parallel import mesh as mesh_lib
 from MaxText.tests.conftest import BASE_YML
-from MaxText.training import checkpointing, trainer
+from MaxText.checkpoint import checkpointing
+from MaxText.training import trainer
 from MaxText.training.train_state import init_state
 
 # Builtin data (its iterator position is part of the checkpoint), tiny model, a checkpoint every step.

@@ -14,12 +14,13 @@ torch = pytest.importorskip("torch")
 # pylint: disable=wrong-import-position
 from MaxText import convert
 from MaxText.config import load_config
-from MaxText.config.checkpoint_overlay import saved_model_keys
-from MaxText.conversion import hf_to_maxtext, maxtext_to_hf, orbax_io
-from MaxText.conversion.safetensors_io import SafetensorsReader, ShardedWriter
+from MaxText.checkpoint.config_overlay import saved_model_keys
+from MaxText.checkpoint import orbax_io
+from MaxText.conversion import hf_to_maxtext, maxtext_to_hf
+from MaxText.checkpoint.safetensors_io import SafetensorsReader, ShardedWriter
 from MaxText.tests.conftest import BASE_YML
 from MaxText.tests.test_hf_parity import assert_bit_exact, make_hf_model, quiet, safetensors_tensors
-from MaxText.training import checkpointing
+from MaxText.checkpoint import checkpointing
 
 
 def run_cli(argv, capsys) -> tuple:

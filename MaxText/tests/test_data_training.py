@@ -13,7 +13,7 @@ from MaxText.input_pipeline import make_train_iterator
 from MaxText.tests import data_fixtures as fx
 from MaxText.tests.conftest import BASE_YML
 from MaxText.training import trainer
-from MaxText.training.train_state import make_model
+from MaxText.models.transformer import make_model
 
 RUN = [
     "model_name=test-tiny",

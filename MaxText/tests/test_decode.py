@@ -9,9 +9,9 @@ from MaxText.config import load_config, model_config
 from MaxText.inference.generate import DecodeSettings, Generator, decode_step, prefill
 from MaxText.inference.kv_cache import init_cache
 from MaxText.inference.sampling import SamplingConfig, sample
-from MaxText.layers.decoder import unstack_layers
+from MaxText.models.transformer import unstack_layers
 from MaxText.tests.conftest import BASE_YML, TINY
-from MaxText.training.train_state import dummy_inputs, make_model
+from MaxText.models.transformer import dummy_inputs, make_model
 
 B, T = 3, 14
 LENGTHS = np.array([4, 9, 1])

@@ -29,7 +29,8 @@ from MaxText.models import hf_mappings
 from MaxText.parallel import mesh as mesh_lib
 from MaxText.tests.conftest import BASE_YML, TINY
 from MaxText.training import trainer
-from MaxText.training.train_state import init_state, make_model
+from MaxText.models.transformer import make_model
+from MaxText.training.train_state import init_state
 
 VOCAB, B, T = 128, 2, 24
 COMMON = dict(

@@ -25,7 +25,7 @@ transformers = pytest.importorskip("transformers")
 
 # pylint: disable=wrong-import-position
 from MaxText import api
-from MaxText.config.checkpoint_overlay import load_config_from_checkpoint
+from MaxText.checkpoint.config_overlay import load_config_from_checkpoint
 from MaxText.conversion import hf_to_maxtext, maxtext_to_hf
 from MaxText.input_pipeline.synthetic import synthetic_batch
 from MaxText.tests.conftest import BASE_YML
@@ -318,7 +318,8 @@ def test_one_training_step_starts_from_the_converted_weights(case, tmp_path):
     import jax
 
     from MaxText.parallel import mesh as mesh_lib
-    from MaxText.training import checkpointing, trainer
+    from MaxText.checkpoint import checkpointing
+    from MaxText.training import trainer
     from MaxText.training.train_state import init_state
 
     cfg, path = load_config_from_checkpoint(
@@ -351,7 +352,7 @@ def test_multimodal_gemma3_converts_its_language_model(case, tmp_path):
     """A Gemma3ForConditionalGeneration checkpoint (text_config, vision tower, legacy language_model.model.*
     names) holding the gemma3 case's language model converts to the same parameters, and its export is
     that language model as Gemma3ForCausalLM."""
-    from MaxText.conversion import orbax_io
+    from MaxText.checkpoint import orbax_io
 
     def read_params(ckpt) -> dict:
         state = os.path.join(str(ckpt), "state")
@@ -391,7 +392,7 @@ def test_deepseek3_multi_token_prediction_layer_is_skipped(case, tmp_path):
     (reported) and gives the same parameters."""
     from safetensors.torch import save_file
 
-    from MaxText.conversion import orbax_io
+    from MaxText.checkpoint import orbax_io
 
     hf_dir = tmp_path / "hf"
     shutil.copytree(case.hf_dir, hf_dir)

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 
 from MaxText.config import load_config, model_config
-from MaxText.layers.decoder import unstack_layers
+from MaxText.models.transformer import unstack_layers
 from MaxText.parallel import mesh as mesh_lib
 from MaxText.tests.conftest import BASE_YML, TINY
 from MaxText.tests.test_train import fork_run, train_run
-from MaxText.training import checkpointing, layer_layout, trainer
+from MaxText.checkpoint import checkpointing, layer_layout
+from MaxText.training import trainer
 from MaxText.training.train_state import init_state
 
 

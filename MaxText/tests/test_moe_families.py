@@ -43,7 +43,8 @@ from MaxText.training import train_step as train_step_lib
 from MaxText.training import trainer
 from MaxText.training.loss import moe_load_balance_loss
 from MaxText.training.metrics import step_line
-from MaxText.training.train_state import init_state, make_model
+from MaxText.models.transformer import make_model
+from MaxText.training.train_state import init_state
 
 MOE = dict(num_experts_per_tok=2, num_hidden_layers=2, tie_word_embeddings=False)
 # YaRN stretched 4x from 8 positions, so the sequence of 24 sees interpolated, ramped and kept frequencies.

@@ -9,11 +9,11 @@ import pytest
 
 from MaxText import convert, decode
 from MaxText.config import ConfigError, load_config, model_config
-from MaxText.config.checkpoint_overlay import load_config_from_checkpoint
+from MaxText.checkpoint.config_overlay import load_config_from_checkpoint
 from MaxText.inference.session import DecodeSession
 from MaxText.tests.conftest import BASE_YML
-from MaxText.training import checkpointing
-from MaxText.training.train_state import init_params_boxed, make_model
+from MaxText.checkpoint import checkpointing
+from MaxText.models.transformer import init_params_boxed, make_model
 
 MODEL = ["base_emb_dim=64", "base_mlp_dim=128", "base_num_query_heads=2", "base_num_kv_heads=2", "head_dim=32",
          "base_num_decoder_layers=2"]  # fmt: skip

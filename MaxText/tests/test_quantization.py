@@ -15,7 +15,8 @@ from MaxText.layers import moe
 from MaxText.layers.linears import DenseGeneral
 from MaxText.layers.quantizations import QuantConfig, dequantize, fp8_quantize, int8_quantize
 from MaxText.tests.conftest import BASE_YML, TINY
-from MaxText.training.train_state import TrainState, dummy_inputs, make_model
+from MaxText.models.transformer import dummy_inputs, make_model
+from MaxText.training.train_state import TrainState
 from MaxText.training.train_step import train_step
 
 HI = jax.lax.Precision.HIGHEST

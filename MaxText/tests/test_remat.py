@@ -17,7 +17,7 @@ REMAT_POLICIES = [p.value for p in RematPolicy]
 from MaxText.layers import remat
 from MaxText.tests.conftest import BASE_YML, TINY
 from MaxText.training import trainer
-from MaxText.training.train_state import dummy_inputs, init_params_boxed, make_model
+from MaxText.models.transformer import dummy_inputs, init_params_boxed, make_model
 from MaxText.training.train_step import _grads_and_sums
 
 CUSTOM = ["remat_policy=custom", "query_proj=device", "context=offload", "mlpwo=offload"]

@@ -21,8 +21,8 @@ from MaxText import paths
 from MaxText.config import load_config, model_config
 from MaxText.serve import model_id
 from MaxText.tests.conftest import BASE_YML
-from MaxText.training import checkpointing
-from MaxText.training.train_state import init_params_boxed, make_model
+from MaxText.checkpoint import checkpointing
+from MaxText.models.transformer import init_params_boxed, make_model
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ import pytest
 
 from MaxText import input_pipeline
 from MaxText.config import ConfigError, load_config, model_config
-from MaxText.layers.decoder import stack_layers, unstack_layers
+from MaxText.models.transformer import stack_layers, unstack_layers
 from MaxText.parallel import mesh as mesh_lib
 from MaxText.tests.conftest import BASE_YML, TINY
 from MaxText.training import flops, optimizers, trainer

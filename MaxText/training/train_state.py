@@ -6,8 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from MaxText.config.derived import ModelConfig
-from MaxText.layers.decoder import Transformer
+from MaxText.models.transformer import Transformer, init_params_boxed
 
 
 @flax.struct.dataclass
@@ -17,17 +16,6 @@ class TrainState:
     step: jnp.ndarray
     params: dict
     opt_state: optax.OptState
-
-
-def dummy_inputs(batch: int, length: int):
-    ids = jnp.zeros((batch, length), jnp.int32)
-    positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
-    return ids, positions, jnp.ones((batch, length), jnp.int32)
-
-
-def init_params_boxed(model: Transformer, rng, length: int = 8):
-    """Parameters with their logical-axis boxes (LogicallyPartitioned), for sharding specs."""
-    return model.init({"params": rng}, *dummy_inputs(1, length), "train")["params"]
 
 
 def _init_state_boxed(model, tx, rng):
@@ -51,7 +39,3 @@ def init_state(model: Transformer, tx, seed: int, shardings) -> TrainState:
 
 def param_count(params) -> int:
     return sum(int(x.size) for x in jax.tree.leaves(params))
-
-
-def make_model(mcfg: ModelConfig) -> Transformer:
-    return Transformer(mcfg)

@@ -26,9 +26,11 @@ from MaxText.layers import moe, remat
 from MaxText.models import registry
 from MaxText.parallel import distributed, pipeline
 from MaxText.parallel import mesh as mesh_lib
-from MaxText.training import aot, checkpointing, flops, layer_layout, optimizers
+from MaxText.checkpoint import checkpointing, layer_layout
+from MaxText.training import aot, flops, optimizers
 from MaxText.training.metrics import MetricsWriter, format_duration, step_line
-from MaxText.training.train_state import TrainState, init_state, make_model, param_count, state_shardings
+from MaxText.models.transformer import make_model
+from MaxText.training.train_state import TrainState, init_state, param_count, state_shardings
 from MaxText.training.train_step import eval_step, train_step
 
 EXIT_NON_FINITE = 3

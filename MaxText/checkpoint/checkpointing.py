@@ -19,7 +19,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from MaxText.training import layer_layout
+from MaxText.checkpoint import layer_layout
 
 FORMAT_VERSION = 1
 _ITEMS = ("state", "data_iter", "meta")

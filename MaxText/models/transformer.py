@@ -1,4 +1,4 @@
-"""The decoder: token embedding -> stacks of (scanned) blocks -> final norm -> tied or untied logits.
+"""The whole model, assembled from the family's stacks: token embedding -> stacks of (scanned) blocks -> final norm -> tied or untied logits.
 
 Parameter tree (scan_layers=true, param_scan_axis=1; docs/checkpoints.md has the full layout):
   token_embedder/embedding                     [V, D]
@@ -201,3 +201,19 @@ def stack_layers(params: dict, cfg: ModelConfig) -> dict:
         layers = [decoder.pop(f"{stack.name}_{i}") for i in range(stack.length)]
         decoder[stack.name] = jax.tree.map(lambda *xs: jnp.stack(xs, axis=cfg.param_scan_axis), *layers)
     return {**params, "decoder": decoder}
+
+
+def make_model(mcfg: ModelConfig) -> Transformer:
+    return Transformer(mcfg)
+
+
+def dummy_inputs(batch: int, length: int):
+    """(ids, positions, segment_ids) [batch, length] of zeros, for initialisation and shape tracing."""
+    ids = jnp.zeros((batch, length), jnp.int32)
+    positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+    return ids, positions, jnp.ones((batch, length), jnp.int32)
+
+
+def init_params_boxed(model: Transformer, rng, length: int = 8):
+    """Parameters with their logical-axis boxes (LogicallyPartitioned), for sharding specs."""
+    return model.init({"params": rng}, *dummy_inputs(1, length), "train")["params"]

@@ -6,6 +6,7 @@ Precedence: command line > checkpoint's model keys > model YAML > base.yml. So `
 
 import os
 
+from MaxText.checkpoint import checkpointing
 from MaxText.config.derived import MODEL_KEYS, run_dir
 from MaxText.config.errors import ConfigError
 from MaxText.config.loader import load_config
@@ -13,8 +14,6 @@ from MaxText.config.loader import load_config
 
 def saved_model_keys(path: str) -> dict:
     """The model keys recorded in a checkpoint's meta (empty when it has none)."""
-    from MaxText.training import checkpointing  # pylint: disable=import-outside-toplevel
-
     try:
         saved = checkpointing.read_meta(path).get("config", {})
     except FileNotFoundError as e:
