@@ -1,1 +1,5 @@
-"""MaxText: a YAML-configured LLM training and serving stack on JAX."""
+"""MaxText: a JAX/Flax LLM training, decoding and serving stack."""
+
+# Registers the family-dependent config rules (models/registry.py) with config validation, which sits below
+# the models and so never imports them itself. The registry is light: family modules load on first use.
+from MaxText.models import registry as _registry  # pylint: disable=unused-import

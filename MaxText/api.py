@@ -29,6 +29,7 @@ from MaxText.checkpoint.config_overlay import saved_model_keys
 from MaxText.inference.generate import DecodeSettings, Generator
 from MaxText.inference.sampling import SamplingConfig
 from MaxText.inference.session import abstract_params
+from MaxText.models import registry
 from MaxText.parallel import mesh as mesh_lib
 from MaxText.checkpoint import checkpointing
 
@@ -114,7 +115,9 @@ class Model:
         if cfg.tokenizer_path and os.path.isfile(cfg.tokenizer_path):
             from MaxText.input_pipeline import tokenizers  # pylint: disable=import-outside-toplevel
 
-            raw = tokenizers.load_tokenizer(cfg.tokenizer_path, cfg.decoder_block)
+            raw = tokenizers.load_tokenizer(
+                cfg.tokenizer_path, registry.family(cfg.decoder_block).add_bos_eos
+            )
             self.tokenizer = PromptTokenizer(raw, add_bos, add_eos)
         source = _source_token_ids(checkpointing.read_meta(path))
         tok_eos = self.tokenizer.eos_id if self.tokenizer else -1

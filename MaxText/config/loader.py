@@ -65,7 +65,7 @@ def _check_known(key: str, source: str) -> None:
         raise ConfigError(f"unknown key {key!r} ({source}){suggest(key, SETTINGS)}")
 
 
-def load_config(argv, known_blocks=None, overlay=None) -> Config:
+def load_config(argv, overlay=None) -> Config:
     """Builds and validates the Config. Raises ConfigError (one line) on any user mistake.
 
     overlay: {key: value} applied over the YAML files and under the command line (e.g. the model keys saved
@@ -110,11 +110,7 @@ def load_config(argv, known_blocks=None, overlay=None) -> Config:
     for key, value in values.items():
         validate.check_field(key, value)
     cfg = Config(**values)
-    if known_blocks is None:
-        from MaxText.models.registry import BLOCK_NAMES  # pylint: disable=import-outside-toplevel
-
-        known_blocks = BLOCK_NAMES
-    validate.check_cross_field(cfg, known_blocks)
+    validate.check_cross_field(cfg)
     return cfg
 
 

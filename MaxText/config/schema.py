@@ -118,7 +118,7 @@ class Config:  # pylint: disable=too-many-instance-attributes
     base_output_directory: str = _run("./runs", "Root for run directories (checkpoints, config.yml, metrics.jsonl, tensorboard/).")
 
     # Model shape.
-    decoder_block: str = _model_shape("llama2", "Block family from MaxText/models/registry.py (llama2, mistral, ...).", model=True, saved=True)
+    decoder_block: str = _model_shape("llama2", "Model family: a FamilySpec registered by a module of MaxText/models/ (llama2, mistral, ...).", model=True, saved=True)
     base_emb_dim: int = _model_shape(256, "Model (embedding) dimension D.", gt=0, model="emb_dim", saved=True)
     base_num_query_heads: int = _model_shape(4, "Query heads N.", gt=0, model="num_query_heads", saved=True)
     base_num_kv_heads: int = _model_shape(4, "Key/value heads K (GQA when K < N, MQA when K = 1).", gt=0, model="num_kv_heads", saved=True)

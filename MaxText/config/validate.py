@@ -5,7 +5,6 @@ import yaml
 from MaxText.config.errors import ConfigError, suggest
 from MaxText.config.choices import Activation
 from MaxText.config.schema import MESH_AXES, REMAT_TENSORS, SETTINGS, Config
-from MaxText.models.registry import LOCAL_GLOBAL_BLOCKS, MLA_BLOCKS, MOE_BLOCKS
 
 
 def _as_bool(value, bad):
@@ -90,27 +89,24 @@ def _require(cond: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def _check_model_features(cfg: Config) -> None:
-    """Rules for the family-specific model keys (layer patterns, learned positions)."""
-    if cfg.decoder_block in LOCAL_GLOBAL_BLOCKS:
-        _require(
-            cfg.sliding_window_pattern >= 1,
-            f"sliding_window_pattern=0: decoder_block={cfg.decoder_block!r} scans groups of "
-            "sliding_window_pattern layers (the last one global); expected >= 1",
-        )
-    else:
-        _require(
-            cfg.sliding_window_pattern == 0,
-            f"sliding_window_pattern={cfg.sliding_window_pattern}: only decoder_block "
-            f"{' or '.join(LOCAL_GLOBAL_BLOCKS)} mixes local and global layers; expected 0 for "
-            f"{cfg.decoder_block!r}",
-        )
+def _check_positions(cfg: Config) -> None:
     if cfg.trainable_position_size > 0:
         _require(
             cfg.max_target_length <= cfg.trainable_position_size,
             f"max_target_length={cfg.max_target_length}: must be <= trainable_position_size="
             f"{cfg.trainable_position_size} (the learned position table has that many rows)",
         )
+
+
+# The rules that depend on the model family (its traits and refusals) live with the family specs, above
+# config; MaxText.models.registry registers them here when MaxText is imported.
+_FAMILY_RULES = []
+
+
+def register_family_rules(check) -> None:
+    """Adds `check(cfg)`, which raises ConfigError, to the cross-field rules."""
+    if check not in _FAMILY_RULES:
+        _FAMILY_RULES.append(check)
 
 
 def _check_data_sources(cfg: Config) -> None:
@@ -122,52 +118,6 @@ def _check_data_sources(cfg: Config) -> None:
         not (cfg.hf_streaming and cfg.packing and cfg.packing_type == "first_fit"),
         "packing_type='first_fit': hf_streaming reads records in order and packs them as they come; "
         "expected packing_type=concat (or packing=false)",
-    )
-
-
-def _check_moe(cfg: Config) -> None:
-    """Rules for the mixture-of-experts keys."""
-    moe = cfg.decoder_block in MOE_BLOCKS
-    if not moe:
-        _require(
-            cfg.num_experts == 0,
-            f"num_experts={cfg.num_experts}: decoder_block={cfg.decoder_block!r} has no MoE layers; expected 0 "
-            f"(MoE blocks: {', '.join(MOE_BLOCKS)})",
-        )
-        return
-    e, k, g = cfg.num_experts, cfg.num_experts_per_tok, cfg.moe_n_group
-    _require(e > 0, f"num_experts=0: decoder_block={cfg.decoder_block!r} routes to experts; expected > 0")
-    _require(
-        cfg.base_moe_mlp_dim > 0, "base_moe_mlp_dim=0: MoE layers need the expert hidden size; expected > 0"
-    )
-    _require(k <= e, f"num_experts_per_tok={k}: must be <= num_experts={e}")
-    _require(e % g == 0, f"moe_n_group={g}: must divide num_experts={e}")
-    _require(cfg.moe_topk_group <= g, f"moe_topk_group={cfg.moe_topk_group}: must be <= moe_n_group={g}")
-    _require(
-        k <= cfg.moe_topk_group * (e // g),
-        f"num_experts_per_tok={k}: must be <= moe_topk_group x experts per group = "
-        f"{cfg.moe_topk_group * (e // g)}",
-    )
-    if cfg.moe_group_score == "top2_sum" and g > 1:
-        _require(e // g >= 2, f"moe_group_score='top2_sum': needs >= 2 experts per group, got {e // g}")
-    _require(
-        cfg.first_num_dense_layers < cfg.base_num_decoder_layers,
-        f"first_num_dense_layers={cfg.first_num_dense_layers}: must be < base_num_decoder_layers="
-        f"{cfg.base_num_decoder_layers}",
-    )
-
-
-def _check_mla(cfg: Config) -> None:
-    """Rules for the multi-head latent attention keys."""
-    if cfg.decoder_block not in MLA_BLOCKS:
-        return
-    _require(
-        cfg.kv_lora_rank > 0,
-        f"kv_lora_rank=0: decoder_block={cfg.decoder_block!r} uses latent attention; expected > 0",
-    )
-    _require(
-        cfg.qk_rope_head_dim % 2 == 0,
-        f"qk_rope_head_dim={cfg.qk_rope_head_dim}: rotary embeddings need an even size",
     )
 
 
@@ -206,14 +156,11 @@ def _check_remat(cfg: Config) -> None:
         )
 
 
-def check_cross_field(cfg: Config, known_blocks) -> None:
+def check_cross_field(cfg: Config) -> None:
     """Rules that involve several keys. Device-dependent rules live in parallel/mesh.py."""
+    if not _FAMILY_RULES:
+        raise RuntimeError("no family rules registered: import MaxText (MaxText.models.registry) first")
     _check_data_sources(cfg)
-    _require(
-        cfg.decoder_block in known_blocks,
-        f"decoder_block={cfg.decoder_block!r}: expected one of {', '.join(sorted(known_blocks))}"
-        + suggest(cfg.decoder_block, known_blocks),
-    )
     _require(
         cfg.base_num_query_heads % cfg.base_num_kv_heads == 0,
         f"base_num_kv_heads={cfg.base_num_kv_heads}: must divide base_num_query_heads="
@@ -234,9 +181,9 @@ def check_cross_field(cfg: Config, known_blocks) -> None:
             f"rope_high_freq_factor={cfg.rope_high_freq_factor}: must exceed rope_low_freq_factor="
             f"{cfg.rope_low_freq_factor}",
         )
-    _check_model_features(cfg)
-    _check_moe(cfg)
-    _check_mla(cfg)
+    for check in _FAMILY_RULES:
+        check(cfg)
+    _check_positions(cfg)
     _check_attention(cfg)
     _check_quantization(cfg)
     _check_remat(cfg)

@@ -23,7 +23,7 @@ from MaxText.config import ConfigError, load_config, model_config
 from MaxText.checkpoint import orbax_io
 from MaxText.conversion import hf_config, tokenizer_files
 from MaxText.checkpoint.safetensors_io import SafetensorsReader
-from MaxText.models import hf_mappings
+from MaxText.models import hf_mappings, registry
 from MaxText.checkpoint import checkpointing
 
 DTYPES = {
@@ -123,7 +123,7 @@ def _tokenizer_keys(staging: str, output: str, family: str) -> tuple:
         return {}, None
     from MaxText.input_pipeline import tokenizers  # pylint: disable=import-outside-toplevel
 
-    tok = tokenizers.load_tokenizer(os.path.join(staging, main), family)
+    tok = tokenizers.load_tokenizer(os.path.join(staging, main), registry.family(family).add_bos_eos)
     keys = {"tokenizer_path": os.path.join(output, main), "add_bos": tok.add_bos, "add_eos": tok.add_eos}
     return keys, tok.identity()
 

@@ -12,8 +12,9 @@ Contract shared by every tokenizer:
                                  bits/byte = sum(nats of targets) / ln(2) / sum(token_byte_lengths[targets]).
   add_bos / add_eos              whether encode_with_special_tokens adds BOS / EOS by default: as the tokenizer
                                  files state (tokenizer_config.json add_bos_token, else what a tokenizer.json's
-                                 post-processor adds), else the model family's default (FAMILY_BOS_EOS, for
-                                 `load_tokenizer(path, family=decoder_block)`), else BOS when there is one.
+                                 post-processor adds), else the model family's default (its spec's
+                                 add_bos_eos, passed as `load_tokenizer(path, defaults)`), else BOS when
+                                 there is one.
   encode_with_special_tokens(text, add_bos=None, add_eos=None)
                                  encode plus BOS/EOS; None follows the family default, a bool overrides it.
 
@@ -37,27 +38,15 @@ import numpy as np
 
 from MaxText.input_pipeline import builtin_corpus
 
-# decoder_block -> (add_bos, add_eos) of the family's released tokenizers, for tokenizer files that do not
-# say (a bare SentencePiece or tiktoken file): Llama, Mistral and Gemma prepend BOS; Qwen 3 adds neither;
-# GPT-3 (no released tokenizer) adds neither. No family appends EOS when encoding a prompt.
-FAMILY_BOS_EOS = {
-    "llama2": (True, False),
-    "mistral": (True, False),
-    "gemma": (True, False),
-    "gemma2": (True, False),
-    "gemma3": (True, False),
-    "qwen3": (False, False),
-    "gpt3": (False, False),
-}
-
 
 class Tokenizer(abc.ABC):
     """Base class: text <-> ids for one vocabulary loaded from one model file."""
 
     type_name: str = "abstract"
 
-    def __init__(self, path: str, family: str | None = None):
-        self.path, self.family = path, family
+    def __init__(self, path: str, defaults: tuple | None = None):
+        # (add_bos, add_eos) of the model family, where the tokenizer files are silent (None: no family).
+        self.path, self.defaults = path, defaults
         self._identity: dict | None = None
         # (add_bos, add_eos) as the tokenizer files state them; None where they are silent.
         self._stated: tuple = (None, None)
@@ -101,8 +90,7 @@ class Tokenizer(abc.ABC):
     def _default(self, k: int, token_id: int, generic: bool) -> bool:
         stated = self._stated[k]
         if stated is None:
-            family = FAMILY_BOS_EOS.get(self.family)
-            stated = family[k] if family else generic
+            stated = self.defaults[k] if self.defaults else generic
         return bool(stated) and token_id >= 0
 
     @property
@@ -151,8 +139,8 @@ class SentencePieceTokenizer(Tokenizer):
 
     type_name = "sentencepiece"
 
-    def __init__(self, path: str, family: str | None = None):
-        super().__init__(path, family)
+    def __init__(self, path: str, defaults: tuple | None = None):
+        super().__init__(path, defaults)
         import sentencepiece as spm  # pylint: disable=import-outside-toplevel
 
         self._sp = spm.SentencePieceProcessor(model_file=path)
@@ -266,8 +254,8 @@ class HuggingFaceTokenizer(Tokenizer):
 
     type_name = "huggingface"
 
-    def __init__(self, path: str, family: str | None = None):
-        super().__init__(path, family)
+    def __init__(self, path: str, defaults: tuple | None = None):
+        super().__init__(path, defaults)
         from tokenizers import Tokenizer as RustTokenizer  # pylint: disable=import-outside-toplevel
 
         self._tok = RustTokenizer.from_file(path)
@@ -369,8 +357,8 @@ class TiktokenTokenizer(Tokenizer):
 
     type_name = "tiktoken"
 
-    def __init__(self, path: str, family: str | None = None):
-        super().__init__(path, family)
+    def __init__(self, path: str, defaults: tuple | None = None):
+        super().__init__(path, defaults)
         import tiktoken  # pylint: disable=import-outside-toplevel
 
         ranks = read_tiktoken_ranks(path)
@@ -467,21 +455,22 @@ _LOADERS: tuple[tuple[Callable[[str], bool], type[Tokenizer]], ...] = (
 
 
 @functools.lru_cache(maxsize=8)
-def _load_cached(path: str, mtime_ns: int, family: str | None) -> Tokenizer:
+def _load_cached(path: str, mtime_ns: int, defaults: tuple | None) -> Tokenizer:
     del mtime_ns  # cache key only: a rewritten file is reloaded
     for matches, cls in _LOADERS:
         if matches(path):
-            return cls(path, family)
+            return cls(path, defaults)
     raise ValueError(
         f"tokenizer_path {path!r}: unknown tokenizer format (expected a SentencePiece '.model', a Hugging Face "
         "'tokenizer.json' or tiktoken ranks ('.tiktoken', or a '.model' of 'base64 rank' lines))"
     )
 
 
-def load_tokenizer(path: str, family: str | None = None) -> Tokenizer:
+def load_tokenizer(path: str, defaults: tuple | None = None) -> Tokenizer:
     """Loads the tokenizer stored at `path` (cached per process; a changed file is reloaded).
 
-    family: the model's decoder_block, whose BOS/EOS defaults apply where the tokenizer files are silent.
+    defaults: (add_bos, add_eos) of the model family (FamilySpec.add_bos_eos), applied where the tokenizer
+      files are silent.
 
     Raises:
       ValueError: empty path or unrecognised format. FileNotFoundError: no such file.
@@ -491,4 +480,4 @@ def load_tokenizer(path: str, family: str | None = None) -> Tokenizer:
     path = os.path.abspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"tokenizer_path {path!r} does not exist")
-    return _load_cached(path, os.stat(path).st_mtime_ns, family)
+    return _load_cached(path, os.stat(path).st_mtime_ns, tuple(defaults) if defaults else None)

@@ -9,6 +9,7 @@ past a row's pages, inactive rows) are garbage nobody reads, because a query at 
 <= p and every such slot belongs to its own row and was written by that row first.
 """
 
+import jax
 import jax.numpy as jnp
 
 from MaxText.kernels.masks import AttentionSpec
@@ -60,4 +61,9 @@ def paged_attention_reference(
     b, s = k.shape[:2]
     slots = jnp.broadcast_to(jnp.arange(s, dtype=q_pos.dtype), (b, s))
     ones_q, ones_k = jnp.ones_like(q_pos), jnp.ones_like(slots)
-    return dot_product_attention(q, k, v, q_pos, slots, ones_q, ones_k, spec)
+    # Heads before slots, as the contiguous cache holds them: the decode step then runs the very same
+    # contractions on both caches, so paged and contiguous decode agree to the last bit, not only to 1e-6
+    # (XLA:CPU orders a [B, S, K, H] contraction's sums differently).
+    # The barrier keeps XLA from folding the transpose into the contractions (which would reorder them again).
+    k, v = jax.lax.optimization_barrier((jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)))
+    return dot_product_attention(q, k, v, q_pos, slots, ones_q, ones_k, spec, kv_heads_major=True)

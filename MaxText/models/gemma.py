@@ -4,6 +4,9 @@ gelu-tanh gated MLP, MQA/MHA with RoPE; the model ties embeddings and scales the
 self_attention/..., pre_ffw_norm, mlp/{wi_0,wi_1,wo}."""
 
 from MaxText.config.derived import ModelConfig
+from MaxText.models import hf_configs as hfc
+from MaxText.models import hf_mappings
+from MaxText.models.spec import FamilySpec, HFSpec
 from MaxText.models.transformer_layer import GEMMA_NORMS, DecoderLayer, single_layer_stacks
 
 
@@ -15,3 +18,17 @@ class GemmaDecoderLayer(DecoderLayer):
 
 def stacks(cfg: ModelConfig) -> list:
     return single_layer_stacks(cfg, GemmaDecoderLayer)
+
+
+FAMILIES = (
+    FamilySpec(
+        "gemma",
+        stacks,
+        hf=HFSpec(
+            "gemma", "GemmaForCausalLM", "hidden_act", "gelu_pytorch_tanh", True, dict(hfc.GEMMA, use_qk_norm=False),
+            hfc.no_window_keys, hfc.no_window_fields("gemma"), (GEMMA_NORMS, hf_mappings.HF_NORMS_LLAMA),
+            hf_mappings.DENSE,
+        ),
+        add_bos_eos=(True, False),
+    ),
+)  # fmt: skip

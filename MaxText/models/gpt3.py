@@ -7,6 +7,7 @@ pre_ffw_norm/{scale,bias}, mlp/{wi,wo}/{kernel,bias}; decoder/position_embedder/
 """
 
 from MaxText.config.derived import ModelConfig
+from MaxText.models.spec import FamilySpec
 from MaxText.models.transformer_layer import GEMMA_NORMS, DecoderLayer, single_layer_stacks
 
 
@@ -19,3 +20,7 @@ class Gpt3DecoderLayer(DecoderLayer):
 
 def stacks(cfg: ModelConfig) -> list:
     return single_layer_stacks(cfg, Gpt3DecoderLayer)
+
+
+# No released checkpoint or tokenizer: no Hugging Face mapping; encoding adds neither BOS nor EOS.
+FAMILIES = (FamilySpec("gpt3", stacks, add_bos_eos=(False, False)),)

@@ -11,10 +11,9 @@ API (family = our decoder_block name; cfg = a ModelConfig):
   params_to_hf(family, params, cfg) -> {hf name: numpy array} (scanned params).
   hf_config_to_keys / keys_to_hf_config: config.json <-> our model keys (MaxText.models.hf_configs).
 
-Adding a family: one row in LAYER_ENTRIES (the per-layer entry builders of its dense layers, e.g.
-attention, a gated MLP and its norms) and, for an MoE family, one in MOE_LAYER_ENTRIES (those of its MoE
-layers) and _HF_MOE; its norm names in FAMILY_NORMS, and its config.json rows in hf_configs. Each stack picks
-the builders of its block (block.MOE), so DeepSeek's dense first layers and its MoE layers map differently.
+A family's spec (FamilySpec.hf) names the entry builders of its dense layers (e.g. attention, a gated MLP
+and its norms) and of its MoE layers, its norm names and its experts' module. Each stack picks the builders
+of its block (block.MOE), so DeepSeek's dense first layers and its MoE layers map differently.
 
 Layer placement: Hugging Face layer i is unit i // m, sublayer i % m of the first stack (m layers per unit),
 then the following stacks continue the count (Gemma 3's "tail"). Axis legend: D model, N query heads,
@@ -37,36 +36,15 @@ from MaxText.models import registry
 
 # Re-exported: the config half of the mapping.
 from MaxText.models.hf_configs import hf_config_to_keys, keys_to_hf_config  # pylint: disable=unused-import
-from MaxText.models.transformer_layer import GEMMA_NORMS, LLAMA_NORMS
 
 # Our norm slot -> the Hugging Face norm of that slot, per naming scheme. Llama-style checkpoints call the
 # pre-MLP norm "post_attention_layernorm"; Gemma 2/3 use that name for the norm on the attention output.
-_HF_NORMS_LLAMA = {"pre_attention": "input_layernorm", "pre_mlp": "post_attention_layernorm"}
-_HF_NORMS_SANDWICH = {
+HF_NORMS_LLAMA = {"pre_attention": "input_layernorm", "pre_mlp": "post_attention_layernorm"}
+HF_NORMS_SANDWICH = {
     "pre_attention": "input_layernorm",
     "post_attention": "post_attention_layernorm",
     "pre_mlp": "pre_feedforward_layernorm",
     "post_mlp": "post_feedforward_layernorm",
-}
-# family -> (our norm names, Hugging Face norm names)
-FAMILY_NORMS = {
-    "llama2": (LLAMA_NORMS, _HF_NORMS_LLAMA),
-    "mistral": (LLAMA_NORMS, _HF_NORMS_LLAMA),
-    "qwen3": (LLAMA_NORMS, _HF_NORMS_LLAMA),
-    "gemma": (GEMMA_NORMS, _HF_NORMS_LLAMA),
-    "gemma2": (GEMMA_NORMS, _HF_NORMS_SANDWICH),
-    "gemma3": (GEMMA_NORMS, _HF_NORMS_SANDWICH),
-    "mixtral": (LLAMA_NORMS, _HF_NORMS_LLAMA),
-    "qwen3_moe": (LLAMA_NORMS, _HF_NORMS_LLAMA),
-    "deepseek2": (LLAMA_NORMS, _HF_NORMS_LLAMA),
-    "deepseek3": (LLAMA_NORMS, _HF_NORMS_LLAMA),
-}
-# MoE family -> (module holding the router and experts, names of the experts' gate, up and down projections).
-_HF_MOE = {
-    "mixtral": ("block_sparse_moe", ("w1", "w3", "w2")),
-    "qwen3_moe": ("mlp", ("gate_proj", "up_proj", "down_proj")),
-    "deepseek2": ("mlp", ("gate_proj", "up_proj", "down_proj")),
-    "deepseek3": ("mlp", ("gate_proj", "up_proj", "down_proj")),
 }
 
 
@@ -178,7 +156,7 @@ def gated_mlp_entries(_family: str, cfg: ModelConfig) -> list:
 
 def norm_entries(family: str, cfg: ModelConfig) -> list:
     """The layer's norms that the config enables, named the family's Hugging Face way."""
-    ours, hf = FAMILY_NORMS[family]
+    ours, hf = registry.family(family).hf.norms
     enabled = {"pre_attention", "pre_mlp"}
     enabled |= {"post_attention"} if cfg.use_post_attn_norm else set()
     enabled |= {"post_mlp"} if cfg.use_post_ffw_norm else set()
@@ -195,7 +173,7 @@ def moe_entries(family: str, cfg: ModelConfig) -> list:
     """The router, the routed experts (a sixth field E: one Hugging Face tensor per expert, "{j}" in the
     suffix), DeepSeek V3's score-correction bias and the shared experts (one fused MLP of width S * F)."""
     d, e, f = cfg.emb_dim, cfg.num_experts, cfg.moe_mlp_dim
-    module, (gate, up, down) = _HF_MOE[family]
+    module, (gate, up, down) = registry.family(family).hf.moe_module
     entries = [
         (("mlp", "gate", "kernel"), f"{module}.gate.weight", (e, d), (d, e), True),
         (("mlp", "wi_0"), f"{module}.experts.{{j}}.{gate}.weight", (f, d), (d, f), True, e),
@@ -239,28 +217,21 @@ def mla_entries(_family: str, cfg: ModelConfig) -> list:
     ]
 
 
-_DENSE = (attention_entries, gated_mlp_entries, norm_entries)
-# family -> the entry builders of one of its dense layers (for MoE families: of its dense first layers).
-LAYER_ENTRIES = {family: _DENSE for family in FAMILY_NORMS}
-LAYER_ENTRIES.update(
-    deepseek2=(mla_entries, gated_mlp_entries, norm_entries),
-    deepseek3=(mla_entries, gated_mlp_entries, norm_entries),
-)
-# MoE family -> the entry builders of one of its MoE layers (stacks whose block has MOE = True).
-MOE_LAYER_ENTRIES = {
-    "mixtral": (attention_entries, moe_entries, norm_entries),
-    "qwen3_moe": (attention_entries, moe_entries, norm_entries),
-    "deepseek2": (mla_entries, moe_entries, norm_entries),
-    "deepseek3": (mla_entries, moe_entries, norm_entries),
-}
+DENSE = (attention_entries, gated_mlp_entries, norm_entries)  # a Llama-style dense layer
+MOE = (attention_entries, moe_entries, norm_entries)  # ... with routed experts in place of the MLP
+
+
+def _hf_spec(family: str):
+    spec = registry.family(family).hf
+    if spec is None:
+        mapped = [s.name for s in registry.all_families() if s.hf]
+        raise ConfigError(f"decoder_block={family!r} has no Hugging Face mapping ({', '.join(mapped)})")
+    return spec
 
 
 def tensor_maps(family: str, cfg: ModelConfig, names: HFNames = HFNames()) -> list:
     """Every parameter of the scanned tree (see the module docstring)."""
-    if family not in LAYER_ENTRIES:
-        raise ConfigError(
-            f"decoder_block={family!r} has no Hugging Face mapping ({', '.join(LAYER_ENTRIES)})"
-        )
+    hf = _hf_spec(family)
     d, v, pre = cfg.emb_dim, cfg.vocab_size, names.prefix
     maps = [
         TensorMap(
@@ -269,7 +240,7 @@ def tensor_maps(family: str, cfg: ModelConfig, names: HFNames = HFNames()) -> li
     ]
     first = 0
     for stack in registry.stacks(cfg):
-        builders = (MOE_LAYER_ENTRIES if getattr(stack.block, "MOE", False) else LAYER_ENTRIES)[family]
+        builders = hf.moe_layer_entries if getattr(stack.block, "MOE", False) else hf.layer_entries
         entries = [e for build in builders for e in build(family, cfg)]
         subs = stack.sublayers or (None,)
         for j, sub in enumerate(subs):
@@ -295,15 +266,12 @@ def tensor_maps(family: str, cfg: ModelConfig, names: HFNames = HFNames()) -> li
 _LAYER = re.compile(r"layers\.(\d+)\.")
 
 
-# Families whose checkpoints hold layers past num_hidden_layers that our model does not build: DeepSeek V3's
-# multi-token-prediction module (model.layers.{L}.*; optional, used only as a training objective).
-EXTRA_LAYERS = ("deepseek3",)
-
-
 def is_extra_layer(family: str, cfg: ModelConfig, hf_name: str) -> bool:
-    """Whether hf_name belongs to such a layer (skipped on conversion)."""
+    """Whether hf_name is a layer past num_hidden_layers that our model does not build, in a family whose
+    checkpoints hold such layers (HFSpec.extra_layers: DeepSeek V3's multi-token-prediction module); skipped
+    on conversion."""
     match = _LAYER.search(hf_name)
-    return family in EXTRA_LAYERS and bool(match) and int(match.group(1)) >= cfg.num_decoder_layers
+    return _hf_spec(family).extra_layers and bool(match) and int(match.group(1)) >= cfg.num_decoder_layers
 
 
 def file_order(hf_name: str) -> tuple:

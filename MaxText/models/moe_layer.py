@@ -4,7 +4,7 @@ and the stacks of MoE models: `first_num_dense_layers` dense layers ("dense_laye
 
 from MaxText.config.derived import ModelConfig
 from MaxText.layers.moe import MoeBlock, RoutingConfig
-from MaxText.models.registry import Stack
+from MaxText.models.spec import Stack
 from MaxText.models.transformer_layer import DecoderLayer, numerics
 
 

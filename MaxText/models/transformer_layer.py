@@ -24,7 +24,7 @@ from MaxText.layers.embeddings import RopeConfig, yarn_mscale
 from MaxText.layers.linears import MlpBlock
 from MaxText.layers.normalizations import make_norm
 from MaxText.layers.quantizations import quant_config
-from MaxText.models.registry import Stack
+from MaxText.models.spec import Stack
 
 # The residual stream between blocks: its length axis is what tensor-sequence parallelism shards.
 _ACT = ("activation_batch", "activation_norm_length", "activation_embed")

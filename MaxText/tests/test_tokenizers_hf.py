@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from MaxText.input_pipeline import BUILTIN_TOKENIZER_PATH
+from MaxText.models import registry
 from MaxText.input_pipeline.tokenizers import (
-    FAMILY_BOS_EOS,
     HuggingFaceTokenizer,
     SentencePieceTokenizer,
     TiktokenTokenizer,
@@ -114,9 +114,11 @@ def test_family_bos_eos_defaults_apply_where_the_files_are_silent(hf_dir, tmp_pa
     Gemma do); what tokenizer files state (a tokenizer.json's post-processor) wins over the family."""
     pytest.importorskip("tiktoken")
     _write_ranks(tmp_path / "vocab.tiktoken")
-    for family, (bos, eos) in FAMILY_BOS_EOS.items():
+    defaults = {s.name: s.add_bos_eos for s in registry.all_families() if s.add_bos_eos}
+    assert set(defaults) == {"llama2", "mistral", "gemma", "gemma2", "gemma3", "qwen3", "gpt3"}
+    for family, (bos, eos) in defaults.items():
         for path in (BUILTIN_TOKENIZER_PATH, str(tmp_path / "vocab.tiktoken")):
-            tok = load_tokenizer(path, family)
+            tok = load_tokenizer(path, defaults[family])
             assert (tok.add_bos, tok.add_eos) == (bos, eos), (family, path)
             assert tok.encode_with_special_tokens("to", add_bos=True, add_eos=True) == (
                 [tok.bos_id] + tok.encode("to") + [tok.eos_id]
@@ -124,5 +126,8 @@ def test_family_bos_eos_defaults_apply_where_the_files_are_silent(hf_dir, tmp_pa
             assert tok.encode_with_special_tokens("to", add_bos=False) == tok.encode("to") + (
                 [tok.eos_id] if eos else []
             )
-        assert (load_tokenizer(str(hf_dir / "tokenizer.json"), family).add_bos, family) == (True, family)
-    assert FAMILY_BOS_EOS["qwen3"] == (False, False) and FAMILY_BOS_EOS["gemma3"] == (True, False)
+        assert (load_tokenizer(str(hf_dir / "tokenizer.json"), defaults[family]).add_bos, family) == (
+            True,
+            family,
+        )
+    assert defaults["qwen3"] == (False, False) and defaults["gemma3"] == (True, False)

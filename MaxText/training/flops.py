@@ -38,17 +38,9 @@ PEAK_TFLOPS = (
 def matmul_params_per_layer(cfg: ModelConfig, moe: bool = False) -> int:
     """Matmul parameters one token goes through in one layer. In a MoE layer (`moe`): the router, its
     num_experts_per_tok routed experts and the shared experts, each expert an MLP of moe_mlp_dim."""
-    d, n, k, h, f = cfg.emb_dim, cfg.num_query_heads, cfg.num_kv_heads, cfg.head_dim, cfg.mlp_dim
-    attention = d * n * h + 2 * d * k * h + n * h * d
-    if cfg.kv_lora_rank > 0:  # latent attention (layers/mla.py), expanded keys and values as in training
-        q, r, qk, v = (
-            cfg.q_lora_rank,
-            cfg.kv_lora_rank,
-            cfg.qk_nope_head_dim + cfg.qk_rope_head_dim,
-            cfg.v_head_dim,
-        )
-        query = q * (d + n * qk) if q else d * n * qk
-        attention = query + d * (r + cfg.qk_rope_head_dim) + r * n * (cfg.qk_nope_head_dim + v) + n * v * d
+    d, f = cfg.emb_dim, cfg.mlp_dim
+    # q, k, v and o, or the family's own attention (MLA: its low-rank projections; FamilySpec).
+    attention = registry.family(cfg.decoder_block).attention_params(cfg)
     matrices = len(cfg.mlp_activations) + 1
     if not moe:
         return attention + matrices * d * f
@@ -83,10 +75,8 @@ def attended_pairs_all_layers(cfg: ModelConfig, length: int) -> float:
 
 
 def score_and_value_dims(cfg: ModelConfig) -> int:
-    """Query-key plus value head sizes: 2H, or P + O + V under latent attention."""
-    if cfg.kv_lora_rank > 0:
-        return cfg.qk_nope_head_dim + cfg.qk_rope_head_dim + cfg.v_head_dim
-    return 2 * cfg.head_dim
+    """Query-key plus value head sizes: 2H, or the family's own (MLA: P + O + V)."""
+    return registry.family(cfg.decoder_block).score_value_dims(cfg)
 
 
 def train_flops_per_step(cfg: ModelConfig, batch: int, length: int) -> float:
