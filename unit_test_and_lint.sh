@@ -4,6 +4,8 @@
 #   2. lint    pylint on MaxText/ and benchmarks/              (fails on F/E/W, C0302 too-many-lines,
 #                                                              R0915 too-many-statements; other C/R only shown)
 #   3. tests   python3 -m pytest --pyargs MaxText.tests -q     (CPU, persistent JAX compilation cache)
+#              fast lane before a commit: PYTEST_ARGS='-m not(slow)' SKIP_E2E=1 (skips @pytest.mark.slow;
+#              a few minutes on 2 cores; CI runs everything)
 #   4. e2e     bash end_to_end/<each>.sh                       (stops at the first script that fails;
 #                                                              end_to_end/_*.sh are helpers, not run)
 # All stages run even if an earlier one fails, so one run shows every problem; a summary with each stage's
@@ -11,7 +13,7 @@
 #
 # Environment knobs:
 #   PYTHON=python3          interpreter (default python3)
-#   PYTEST_ARGS="-k attn"   extra pytest arguments (e.g. -x, -k EXPR, -m "not slow")
+#   PYTEST_ARGS="-k attn"   extra pytest arguments, split on spaces (e.g. -x, -k EXPR, -m not(slow))
 #   SKIP_STYLE=1 SKIP_LINT=1 SKIP_TESTS=1 SKIP_E2E=1   skip a stage (CI skips none)
 #   JAX_PLATFORMS           defaults to cpu; JAX_COMPILATION_CACHE_DIR defaults to ~/.cache/maxtext/jax_cache
 #   SUMMARY_FILE=path       also write the closing test-count line there (used by .ci/run)

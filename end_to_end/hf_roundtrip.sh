@@ -29,11 +29,11 @@ python3 -c "import importlib.util as u, sys; sys.exit(not (u.find_spec('transfor
 }
 
 # One Python process builds every family's tiny model and tokenizer (importing transformers takes seconds):
-# the parity tests' models, with each family's special features on (MaxText/tests/test_hf_parity.py).
+# the parity tests' models, with each family's special features on (MaxText/tests/helpers.py).
 python3 - "${OUT}" "${FAMILIES[@]}" <<'PY'
 import sys
 
-from MaxText.tests.test_hf_parity import PARITY_FAMILIES, make_hf_model
+from MaxText.tests.helpers import PARITY_FAMILIES, make_hf_model
 
 out, families = sys.argv[1], sys.argv[2:]
 for family in families:

@@ -7,19 +7,28 @@ included) leaves at most a temporary directory that `latest_step` ignores and th
 directory deletes (in the background, before its first save). Old steps beyond max_to_keep are deleted in
 place; a kill during that leaves a partial *older* step, never the latest. docs/checkpoints.md documents the
 parameter tree.
+
+A complete step can still be damaged later (a disk error, a bad copy, a truncated upload). Every read here
+checks what it reads: the JSON files parse, meta names its own step, and each array equals what was saved
+(meta["checksums"], one fingerprint per array computed on the devices at save time). A damaged step raises
+CorruptCheckpoint (a ConfigError: one line naming the step directory and the problem); readers given a run
+directory fall back to the newest step that reads, saying which step they skipped and why.
 """
 
 import dataclasses
 import json
 import os
-from typing import Optional
+import sys
+from typing import Callable, Optional
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from MaxText.checkpoint import layer_layout
+from MaxText.checkpoint import integrity, layer_layout
+from MaxText.checkpoint.integrity import CorruptCheckpoint
+from MaxText.config.errors import ConfigError
 
 FORMAT_VERSION = 1
 _ITEMS = ("state", "data_iter", "meta")
@@ -52,8 +61,11 @@ class Checkpointer:
         return list(self._manager.all_steps())
 
     def save(self, step: int, state, data_state: dict, meta: dict, force: bool = True) -> None:
-        """Starts saving `state` at `step` (in the background when async); returns before it is durable."""
-        meta = dict(meta, format_version=FORMAT_VERSION, step=int(step))
+        """Starts saving `state` at `step` (in the background when async); returns before it is durable.
+
+        Waits for `state` itself: its fingerprints (meta["checksums"]) are computed first, on the devices.
+        """
+        meta = dict(meta, format_version=FORMAT_VERSION, step=int(step), checksums=integrity.checksums(state))
         self._manager.save(
             step,
             args=ocp.args.Composite(
@@ -65,16 +77,71 @@ class Checkpointer:
         )
 
     def restore(self, step: int, abstract_state):
-        """Returns (state, data iterator state, meta). abstract_state carries target shardings."""
-        out = self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state),
-                data_iter=ocp.args.JsonRestore(),
-                meta=ocp.args.JsonRestore(),
-            ),
-        )
-        return out.state, out.data_iter, out.meta
+        """Returns (state, data iterator state, meta). abstract_state carries target shardings.
+
+        Raises CorruptCheckpoint when a file of the step is damaged or an array differs from what was saved.
+        """
+        step_dir = os.path.join(self.directory, str(step))
+        integrity.check_step_files(step_dir)
+        with integrity.orbax_reads(step_dir, step_dir):
+            out = self._manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state),
+                    data_iter=ocp.args.JsonRestore(),
+                    meta=ocp.args.JsonRestore(),
+                ),
+            )
+        meta = _checked_meta(out.meta, step_dir)
+        if not isinstance(out.data_iter, dict):
+            raise CorruptCheckpoint(f"checkpoint {step_dir}/data_iter: expected a JSON object")
+        integrity.verify(out.state, meta.get("checksums"), f"checkpoint {step_dir}/state")
+        return out.state, out.data_iter, meta
+
+    def restore_newest(self, restore_step: Callable, log: Callable) -> Optional[tuple]:
+        """(step, restore_step(step)) for the newest step that restores; None when there are no steps.
+
+        A step that raises CorruptCheckpoint is skipped with one log line saying why; skipped steps newer
+        than the one resumed are moved aside to `<step>.unreadable` (kept for inspection), so the run can
+        save those steps again. With steps but none restorable, raises ConfigError rather than start over.
+        """
+        failures = []
+        for step in sorted(self.all_steps(), reverse=True):
+            try:
+                result = restore_step(step)
+                problem = None
+            except CorruptCheckpoint as e:
+                result, problem = None, str(e)
+            problem = _agreed_problem(problem)
+            if problem is not None:
+                failures.append((step, problem))
+                continue
+            for bad, why in failures:
+                moved = self._set_aside(bad)
+                log(
+                    f"warning: skipped checkpoint step {bad} ({why}); resuming from step {step}, moved {moved}"
+                )
+            return step, result
+        if failures:
+            listed = _listing([f"step {step}: {why}" for step, why in failures])
+            raise ConfigError(
+                f"{self.directory}: no checkpoint step can be restored ({listed}); restore the files or move "
+                "the damaged steps away to start this run afresh"
+            )
+        return None
+
+    def _set_aside(self, step: int) -> str:
+        """Renames step directory `step` to `<step>.unreadable` (orbax no longer sees it as a step)."""
+        source = os.path.join(self.directory, str(step))
+        target, n = f"{source}.unreadable", 1
+        while os.path.exists(target):
+            target, n = f"{source}.unreadable{n}", n + 1
+        if jax.process_index() == 0:
+            os.rename(source, target)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"checkpoint step {step} set aside")
+        self._manager.reload()
+        return f"{source} to {target}"
 
     def wait(self) -> None:
         self._manager.wait_until_finished()
@@ -82,6 +149,32 @@ class Checkpointer:
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def _listing(problems: list, shown: int = 2) -> str:
+    """The newest problems in full and a count of the rest, so the line stays readable with many steps."""
+    more = len(problems) - shown
+    return "; ".join(problems[:shown]) + (f"; and {more} older step(s) as well" if more > 0 else "")
+
+
+def _agreed_problem(problem: Optional[str]) -> Optional[str]:
+    """The first process's problem with a step, so every process of a run skips the same steps."""
+    if jax.process_count() == 1:
+        return problem
+    problems = gather_from_processes(problem)
+    return next((p for p in problems if p is not None), None)
+
+
+def _checked_meta(meta, step_dir: str) -> dict:
+    """meta, checked to be an object that names the step it belongs to (when it names one)."""
+    if not isinstance(meta, dict):
+        raise CorruptCheckpoint(f"checkpoint {step_dir}/meta: expected a JSON object")
+    name = os.path.basename(step_dir.rstrip("/"))
+    if "step" in meta and name.isdigit() and meta["step"] != int(name):
+        raise CorruptCheckpoint(
+            f"checkpoint {step_dir}/meta: records step {meta['step']!r}, expected {int(name)}"
+        )
+    return meta
 
 
 def gather_from_processes(item) -> list:
@@ -104,25 +197,72 @@ def checkpoint_dir(run_dir: str) -> str:
     return os.path.join(run_dir, "checkpoints")
 
 
-def resolve_step_dir(path: str) -> str:
-    """Accepts a step directory (…/checkpoints/<n>), a checkpoints directory or a run directory."""
+def _step_dirs(path: str) -> tuple:
+    """(step directories to try, newest first; whether `path` is one step directory itself)."""
     path = os.path.abspath(path)
     if os.path.isdir(os.path.join(path, "state")):
-        return path
+        return [path], True
     for candidate in (path, checkpoint_dir(path)):
         if os.path.isdir(candidate):
-            steps = sorted(int(d) for d in os.listdir(candidate) if d.isdigit())
-            if steps and os.path.isdir(os.path.join(candidate, str(steps[-1]), "state")):
-                return os.path.join(candidate, str(steps[-1]))
+            steps = sorted((int(d) for d in os.listdir(candidate) if d.isdigit()), reverse=True)
+            if steps:
+                return [os.path.join(candidate, str(n)) for n in steps], False
     raise FileNotFoundError(f"no checkpoint found at {path} (expected a run, checkpoints or step directory)")
+
+
+_warned = set()
+
+
+def _warn(message: str) -> None:
+    """One line on stderr (first process, once per message): readers below the entry points have no log."""
+    if jax.process_index() == 0 and message not in _warned:
+        _warned.add(message)
+        print(message, file=sys.stderr, flush=True)
+
+
+def _newest_readable(path: str, read: Callable):
+    """read(step_dir) of `path`'s step directory, or of a run's newest step that reads without raising
+    CorruptCheckpoint (warning about each newer one). A step directory named directly has no fallback."""
+    step_dirs, explicit = _step_dirs(path)
+    failures = []
+    for step_dir in step_dirs:
+        try:
+            result = read(step_dir)
+        except CorruptCheckpoint as e:
+            if explicit:
+                raise
+            failures.append(str(e))
+            continue
+        for why in failures:
+            _warn(f"warning: skipped a damaged checkpoint ({why}); using {step_dir}")
+        return result
+    raise CorruptCheckpoint(f"{path}: no readable checkpoint ({_listing(failures)})")
+
+
+def _checked_step_dir(step_dir: str) -> str:
+    integrity.check_step_files(step_dir)
+    return step_dir
+
+
+def resolve_step_dir(path: str) -> str:
+    """Accepts a step directory (…/checkpoints/<n>), a checkpoints directory or a run directory.
+
+    Of a run, the newest step whose files pass `integrity.check_step_files`; CorruptCheckpoint when none do,
+    or when the step directory given fails them.
+    """
+    return _newest_readable(path, _checked_step_dir)
 
 
 def layout_plan(step_dir: str, abstract_params) -> list:
     """How the checkpoint's layer layout (scan_layers on/off) differs from abstract_params'; [] = the same.
 
-    Raises ValueError when the parameter trees differ in some other way.
+    Raises ValueError when the parameter trees differ in some other way, CorruptCheckpoint when the
+    checkpoint's metadata cannot be read.
     """
-    meta = ocp.PyTreeCheckpointer().metadata(os.path.join(step_dir, "state"))
+    state_dir = os.path.join(step_dir, "state")
+    integrity.check_step_files(step_dir)
+    with integrity.orbax_reads(state_dir, step_dir):
+        meta = ocp.PyTreeCheckpointer().metadata(state_dir)
     stored = getattr(meta, "item_metadata", meta)
     stored = stored.get("params") if hasattr(stored, "get") else None
     if not hasattr(stored, "get") or "decoder" not in stored or "decoder" not in abstract_params:
@@ -132,31 +272,47 @@ def layout_plan(step_dir: str, abstract_params) -> list:
     return layer_layout.plan(stored["decoder"], abstract_params["decoder"])
 
 
-def load_params(path: str, abstract_params):
-    """Restores only the parameters of a checkpoint (any step directory layout above).
-
-    abstract_params carries target shardings. Optimizer state in the checkpoint is not read. A checkpoint
-    written with the other scan_layers setting is converted to the target layout (bit-exact).
-    """
-    step_dir = resolve_step_dir(path)
+def _load_params_from(step_dir: str, abstract_params):
     restacks = layout_plan(step_dir, abstract_params)
     source = layer_layout.stored_abstract(abstract_params, restacks) if restacks else abstract_params
-    checkpointer = ocp.PyTreeCheckpointer()
+    state_dir = os.path.join(step_dir, "state")
     restore_args = ocp.checkpoint_utils.construct_restore_args(source)
-    restored = checkpointer.restore(
-        os.path.join(step_dir, "state"),
-        args=ocp.args.PyTreeRestore(
-            item={"params": source}, restore_args={"params": restore_args}, partial_restore=True
-        ),
-    )
+    with integrity.orbax_reads(state_dir, step_dir):
+        restored = ocp.PyTreeCheckpointer().restore(
+            state_dir,
+            args=ocp.args.PyTreeRestore(
+                item={"params": source}, restore_args={"params": restore_args}, partial_restore=True
+            ),
+        )
+    meta = _read_meta_from(step_dir) if os.path.isdir(os.path.join(step_dir, "meta")) else {}
+    integrity.verify({"params": restored["params"]}, meta.get("checksums"), f"checkpoint {state_dir}")
     params = restored["params"]
     return layer_layout.to_target(params, restacks, abstract_params) if restacks else params
 
 
+def load_params(path: str, abstract_params):
+    """Restores only the parameters of a checkpoint (any step directory layout above).
+
+    abstract_params carries target shardings. Optimizer state in the checkpoint is not read. A checkpoint
+    written with the other scan_layers setting is converted to the target layout (bit-exact). Of a run,
+    the newest step that restores; CorruptCheckpoint when none does or the step directory given is damaged.
+    """
+    return _newest_readable(path, lambda step_dir: _load_params_from(step_dir, abstract_params))
+
+
+def _read_meta_from(step_dir: str) -> dict:
+    integrity.check_step_files(step_dir)
+    try:
+        meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(os.path.join(step_dir, "meta"))
+    except FileNotFoundError:
+        raise CorruptCheckpoint(f"checkpoint {step_dir}: no meta item (meta/metadata)") from None
+    return _checked_meta(meta, step_dir)
+
+
 def read_meta(path: str) -> dict:
-    """The meta item (format version, config, tokenizer identity) of a checkpoint."""
-    step_dir = resolve_step_dir(path)
-    return ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(os.path.join(step_dir, "meta"))
+    """The meta item (format version, config, tokenizer identity) of a checkpoint (of a run: its newest
+    readable step). CorruptCheckpoint when it is damaged."""
+    return _newest_readable(path, _read_meta_from)
 
 
 def config_dict(cfg) -> dict:

@@ -10,13 +10,15 @@ orbax PyTree checkpoint: `checkpointing.load_params` restores it like any other.
 import copy
 import itertools
 import os
-from typing import Callable, Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple, Optional
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import tensorstore as ts
 from etils import epath
+
+from MaxText.checkpoint import integrity
 
 # Chunks of at most this many bytes, so restoring one shard of a huge parameter reads only its chunks.
 CHUNK_BYTES = 64 * 2**20
@@ -105,8 +107,19 @@ def map_leaves(fn, tree):
 
 
 def leaf_metadata(state_dir: str) -> dict:
-    """{path tuple: LeafInfo} of every array in an orbax PyTree checkpoint (reads metadata only)."""
-    metadata = ocp.PyTreeCheckpointer().metadata(os.path.abspath(state_dir)).item_metadata
+    """{path tuple: LeafInfo} of every array in an orbax PyTree checkpoint (reads metadata only), with the
+    fingerprints the step's meta records. CorruptCheckpoint when the metadata is damaged."""
+    state_dir = os.path.abspath(state_dir)
+    integrity.check_state_files(state_dir)
+    with integrity.orbax_reads(state_dir, os.path.dirname(state_dir)):
+        metadata = ocp.PyTreeCheckpointer().metadata(state_dir).item_metadata
+    meta_file = os.path.join(os.path.dirname(state_dir), "meta", "metadata")
+    sums = (
+        integrity.read_json(meta_file, f"checkpoint {meta_file}").get("checksums")
+        if os.path.isfile(meta_file)
+        else None
+    )
+    sums = sums if isinstance(sums, dict) else {}
     use_zarr3 = bool(getattr(metadata, "use_zarr3", False))
     out = {}
 
@@ -115,19 +128,22 @@ def leaf_metadata(state_dir: str) -> dict:
             for k, v in node.items():
                 walk(v, prefix + (k,))
         elif hasattr(node, "shape"):
-            out[prefix] = LeafInfo(node.name, tuple(node.shape), np.dtype(node.dtype), use_zarr3)
+            checksum = sums.get("/".join(str(k) for k in prefix))
+            out[prefix] = LeafInfo(node.name, tuple(node.shape), np.dtype(node.dtype), use_zarr3, checksum)
 
     walk(metadata.tree, ())
     return out
 
 
 class LeafInfo(NamedTuple):
-    """One stored array: orbax's name for it ("params.decoder...."), shape, dtype and format."""
+    """One stored array: orbax's name for it ("params.decoder...."), shape, dtype, format, and the
+    fingerprint recorded when it was saved (None when the checkpoint has none)."""
 
     name: str
     shape: tuple
     dtype: np.dtype
     use_zarr3: bool
+    checksum: Optional[str] = None
 
 
 def _chunk_boxes(shape: tuple, chunk: tuple) -> Iterator[tuple]:
@@ -143,8 +159,18 @@ def read_leaf(state_dir: str, leaf: LeafInfo) -> np.ndarray:
     Orbax's own restore would hold the array about three times (its 100 MB chunk cache, the decoded
     chunks and the result); reading chunk by chunk into the result, with no cache, holds it once plus one
     chunk. The tensorstore spec is orbax's own, so every orbax array format reads the same way.
+    CorruptCheckpoint (one line naming the array and the problem) when its files are damaged or its bytes
+    differ from the fingerprint recorded at save time.
     """
-    directory = epath.Path(os.path.abspath(state_dir))
+    state_dir = os.path.abspath(state_dir)
+    with integrity.orbax_reads(f"{state_dir} ({leaf.name})", os.path.dirname(state_dir)):
+        out = _read_leaf(state_dir, leaf)  # tensorstore's ValueErrors; a shape the metadata disagrees with
+    integrity.verify_host(leaf.name, out, leaf.checksum, f"checkpoint {state_dir}")
+    return out
+
+
+def _read_leaf(state_dir: str, leaf: LeafInfo) -> np.ndarray:
+    directory = epath.Path(state_dir)
     use_ocdbt = ocp.type_handlers.is_ocdbt_checkpoint(directory)
     context = ts.Context(
         {"cache_pool": {"total_bytes_limit": 0}, "cache_pool#ocdbt": {"total_bytes_limit": 0}}

@@ -5,7 +5,10 @@ File format (the safetensors specification): 8 bytes little-endian header length
 tensor bytes, offsets relative to the end of the header. A model sharded over several files has
 `model.safetensors.index.json` with {"metadata": {"total_size"}, "weight_map": {name: file}}.
 
-Reading seeks to one tensor and reads only its bytes. Writing lays out every shard's header first (shapes
+Reading seeks to one tensor and reads only its bytes. Headers are checked against the file before any tensor is
+read (length prefix, UTF-8 JSON, field types, dtype, byte size = shape x dtype, ranges inside the file and
+not overlapping): a damaged file is refused with a ConfigError naming it. Tensor bytes carry no checksum in
+this format, so a byte overwritten inside the data cannot be detected. Writing lays out every shard's header first (shapes
 and dtypes are known before any data), so tensors can then be written in any order, one at a time.
 """
 
@@ -17,9 +20,12 @@ from typing import Iterable, NamedTuple
 import ml_dtypes
 import numpy as np
 
+from MaxText.config.errors import ConfigError
+
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 _ALIGN = 8
+MAX_HEADER_BYTES = 100_000_000  # the format's limit (safetensors' MAX_HEADER_SIZE)
 
 DTYPES = {
     "F64": np.dtype(np.float64),
@@ -55,20 +61,110 @@ def dtype_code(dtype) -> str:
     return _CODES[dtype]
 
 
+def _load_header(path: str, f, size: int) -> tuple:
+    """(header JSON object, header length) of an open safetensors file of `size` bytes."""
+    if size < 8:
+        raise ConfigError(f"{path}: {size} bytes, too short for the 8-byte header length; truncated?")
+    (n,) = struct.unpack("<Q", f.read(8))
+    if n > size - 8:
+        raise ConfigError(
+            f"{path}: header length {n} exceeds the {size - 8} bytes after it; the file is truncated or "
+            "not safetensors"
+        )
+    if n > MAX_HEADER_BYTES:
+        raise ConfigError(f"{path}: header length {n} exceeds the format's limit of {MAX_HEADER_BYTES} bytes")
+    raw = f.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{path}: header is not UTF-8 text (file byte {8 + e.start}); expected JSON"
+        ) from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(
+            f"{path}: header is not valid JSON ({e.msg} at character {e.pos} of its {n} bytes)"
+        ) from None
+    if not isinstance(header, dict):
+        raise ConfigError(f"{path}: header is a JSON {type(header).__name__}, expected an object")
+    if not isinstance(header.get("__metadata__", {}), dict):
+        raise ConfigError(f"{path}: header's __metadata__ is not an object")
+    return header, n
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def _entry(path: str, name: str, entry) -> tuple:
+    """(dtype, shape, begin, end) of one header entry, checked for types and a byte size that fits."""
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{path}: tensor {name!r}: header entry is not an object")
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise ConfigError(
+            f"{path}: tensor {name!r} has unsupported dtype {dtype!r} (expected one of {', '.join(DTYPES)})"
+        )
+    if not isinstance(shape, list) or not all(_is_int(d) for d in shape):
+        raise ConfigError(f"{path}: tensor {name!r}: shape {shape!r} is not a list of non-negative integers")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)):
+        raise ConfigError(f"{path}: tensor {name!r}: data_offsets {offsets!r} is not [begin, end]")
+    begin, end = offsets
+    nbytes = int(np.prod(shape, dtype=object)) * DTYPES[dtype].itemsize
+    if end - begin != nbytes:
+        raise ConfigError(
+            f"{path}: tensor {name!r}: data_offsets [{begin}, {end}] hold {end - begin} bytes, "
+            f"but {dtype}{shape} needs {nbytes}"
+        )
+    return DTYPES[dtype], tuple(shape), begin, end
+
+
 def read_header(path: str) -> dict:
-    """{name: TensorInfo} of one safetensors file (reads only the header)."""
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
-    out = {}
+    """{name: TensorInfo} of one safetensors file (reads only the header). ConfigError (naming the file and
+    the problem) when the header is damaged or names bytes the file does not hold."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            header, n = _load_header(path, f, size)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read ({e.strerror})") from None
+    data_bytes = size - 8 - n
+    out, ranges = {}, []
     for name, entry in header.items():
         if name == "__metadata__":
             continue
-        if entry["dtype"] not in DTYPES:
-            raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {entry['dtype']}")
-        begin, _ = entry["data_offsets"]
-        out[name] = TensorInfo(path, 8 + n + begin, DTYPES[entry["dtype"]], tuple(entry["shape"]))
+        dtype, shape, begin, end = _entry(path, name, entry)
+        if end > data_bytes:
+            raise ConfigError(
+                f"{path}: tensor {name!r} ends at data byte {end}, but the file holds {data_bytes}; truncated?"
+            )
+        ranges.append((begin, end, name))
+        out[name] = TensorInfo(path, 8 + n + begin, dtype, shape)
+    ranges.sort()
+    for (_, end, first), (begin, _, second) in zip(ranges, ranges[1:]):
+        if begin < end:
+            raise ConfigError(f"{path}: tensors {first!r} and {second!r} overlap (data bytes {begin}..{end})")
     return out
+
+
+def _shard_files(directory: str) -> list:
+    """The safetensors files of a model directory: the index's, else every *.safetensors file."""
+    index = os.path.join(directory, INDEX_FILE)
+    if not os.path.isfile(index):
+        return sorted(f for f in os.listdir(directory) if f.endswith(".safetensors"))
+    try:
+        with open(index, "rb") as f:
+            weight_map = json.loads(f.read().decode("utf-8")).get("weight_map")
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
+        raise ConfigError(
+            f'{index}: not a JSON object ({e}); expected {{"weight_map": {{name: file}}}}'
+        ) from None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise ConfigError(f"{index}: weight_map is missing or not an object of file names")
+    files = sorted(set(weight_map.values()))
+    missing = [f for f in files if not os.path.isfile(os.path.join(directory, f))]
+    if missing:
+        raise ConfigError(f"{index}: names {missing[0]}, which is not in {directory}")
+    return files
 
 
 class SafetensorsReader:
@@ -76,18 +172,16 @@ class SafetensorsReader:
 
     def __init__(self, directory: str):
         self.directory = directory
-        index = os.path.join(directory, INDEX_FILE)
-        if os.path.isfile(index):
-            with open(index, encoding="utf-8") as f:
-                files = sorted(set(json.load(f)["weight_map"].values()))
-        else:
-            files = sorted(f for f in os.listdir(directory) if f.endswith(".safetensors"))
+        files = _shard_files(directory)
         if not files:
             raise FileNotFoundError(f"{directory}: no *.safetensors files")
         self.files = [os.path.join(directory, f) for f in files]
         self.tensors = {}
         for path in self.files:
-            self.tensors.update(read_header(path))
+            for name, info in read_header(path).items():
+                if name in self.tensors:
+                    raise ConfigError(f"{path}: tensor {name!r} is also in {self.tensors[name].file}")
+                self.tensors[name] = info
 
     def names(self) -> list:
         return sorted(self.tensors)
@@ -103,7 +197,9 @@ class SafetensorsReader:
             os.path.getsize(info.file)
             < info.offset + int(np.prod(info.shape, dtype=np.int64)) * info.dtype.itemsize
         ):
-            raise ValueError(f"{info.file}: tensor {name!r} is truncated")
+            raise ConfigError(
+                f"{info.file}: tensor {name!r} is truncated (the file shrank after it was opened)"
+            )
         if not info.shape or 0 in info.shape:
             return np.zeros(info.shape, info.dtype)
         return np.memmap(info.file, dtype=info.dtype, mode="r", offset=info.offset, shape=info.shape)

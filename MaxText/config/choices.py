@@ -119,6 +119,10 @@ class Quantization(enum.StrEnum):
     FP8 = "fp8"
 
 
+# The quantization modes whose weights a checkpoint can store already quantized (int8 kernels + scales).
+STORED_QUANTIZATION = (Quantization.INT8.value, Quantization.INT8W.value)
+
+
 class KVQuantDType(enum.StrEnum):
     INT8 = "int8"
 

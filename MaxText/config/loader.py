@@ -30,6 +30,8 @@ def _read_yaml(path: str, seen=()) -> dict:
             data = yaml.safe_load(f) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path!r} is not UTF-8 text (byte {e.start}); expected YAML") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path!r}: expected a mapping of key: value")
     parent = data.pop("base_config", None)

@@ -3,7 +3,7 @@
 import yaml
 
 from MaxText.config.errors import ConfigError, suggest
-from MaxText.config.choices import Activation
+from MaxText.config.choices import STORED_QUANTIZATION, Activation
 from MaxText.config.schema import MESH_AXES, REMAT_TENSORS, SETTINGS, Config
 
 
@@ -138,7 +138,7 @@ def _check_attention(cfg: Config) -> None:
 def _check_quantization(cfg: Config) -> None:
     if cfg.checkpoint_is_quantized:
         _require(
-            cfg.quantization in ("int8", "int8w"),
+            cfg.quantization in STORED_QUANTIZATION,
             f"quantization={cfg.quantization!r}: checkpoint_is_quantized=true holds int8 kernels; "
             "expected int8 or int8w",
         )

@@ -27,9 +27,11 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
-MODES = ("", "int8", "int8w", "fp8")
-STORED_MODES = ("int8", "int8w")  # modes whose weights can be stored quantized in a checkpoint
-KV_DTYPES = ("int8",)
+from MaxText.config.choices import STORED_QUANTIZATION, KVQuantDType, Quantization
+
+MODES = tuple(m.value for m in Quantization)
+STORED_MODES = STORED_QUANTIZATION  # modes whose weights can be stored quantized in a checkpoint
+KV_DTYPES = tuple(d.value for d in KVQuantDType)
 INT8_MAX = 127.0
 FP8_DTYPE = jnp.float8_e4m3fn
 FP8_MAX = float(jnp.finfo(FP8_DTYPE).max)  # 448

@@ -14,22 +14,7 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 import jax  # pylint: disable=wrong-import-position
 import pytest  # pylint: disable=wrong-import-position
 
-from MaxText import paths  # pylint: disable=wrong-import-position
-
-BASE_YML = os.path.join(paths.REPO_ROOT, "configs", "base.yml")
-
-# Small model + run settings shared by tests that train: fast to compile on 2 CPU cores.
-TINY = [
-    "model_name=test-tiny",
-    "dataset_type=synthetic",
-    "enable_checkpointing=false",
-    "steps=3",
-    "log_period=1",
-    "eval_interval=0",
-    "eval_steps=1",
-    "max_target_length=32",
-    "peak_tflops_per_device=1",
-]
+from MaxText.tests.helpers import BASE_YML  # pylint: disable=wrong-import-position
 
 
 @pytest.fixture(scope="session")

@@ -12,8 +12,7 @@ torch = pytest.importorskip("torch")
 # pylint: disable=wrong-import-position
 from MaxText import api
 from MaxText.conversion import hf_to_maxtext
-from MaxText.tests.test_convert import _run_dir
-from MaxText.tests.test_hf_parity import VOCAB, hf_logits, make_hf_model, quiet, random_ids
+from MaxText.tests.helpers import PARITY_VOCAB, hf_logits, make_hf_model, quiet, random_ids, write_run_dir
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +37,9 @@ def test_hf_directory_loads_on_the_fly_and_cleans_up(setup):
 
 def test_run_directory_loads_its_latest_step(setup, tmp_path):
     root, hf, _ = setup
-    run = _run_dir(tmp_path, root / "ckpt", scan_layers=True)  # steps 3 and 5; step 5 doubles every weight
+    run = write_run_dir(
+        tmp_path, root / "ckpt", scan_layers=True
+    )  # steps 3 and 5; step 5 doubles every weight
     model = api.load(run)
     doubled = type(hf)(hf.config).eval()
     doubled.load_state_dict({k: 2 * v for k, v in hf.state_dict().items()})
@@ -57,7 +58,7 @@ def test_generate_contract(setup):
     ]
     np.testing.assert_array_equal(sampled[0], sampled[1])
     assert sampled[0].shape == (2, 10) and not np.array_equal(sampled[0], sampled[2])
-    assert ((sampled[0] >= 0) & (sampled[0] < VOCAB)).all()
+    assert ((sampled[0] >= 0) & (sampled[0] < PARITY_VOCAB)).all()
     # Stopping: make the greedy row's third new token the EOS; after it the row holds the pad id.
     eos = int(greedy[0, 6])
     first = list(greedy[0, 4:]).index(eos)

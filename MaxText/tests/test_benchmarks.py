@@ -8,17 +8,9 @@ import sys
 import pytest
 
 from MaxText import paths
+from MaxText.tests.helpers import env_without_device_count
 
 SCRIPT = os.path.join(paths.REPO_ROOT, "benchmarks", "train_throughput.py")
-
-
-def _env_without_device_count():
-    """The test session forces 8 fake devices; the benchmark must pick its own default of one."""
-    env = dict(os.environ)
-    flags = [f for f in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
-    env["XLA_FLAGS"] = " ".join(flags)
-    env["JAX_PLATFORMS"] = "cpu"
-    return env
 
 
 def _run(cmd, timeout: int):
@@ -26,7 +18,7 @@ def _run(cmd, timeout: int):
     return subprocess.run(
         cmd,
         cwd=paths.REPO_ROOT,
-        env=_env_without_device_count(),
+        env=env_without_device_count(),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -34,6 +26,7 @@ def _run(cmd, timeout: int):
     )
 
 
+@pytest.mark.slow
 def test_train_throughput_writes_json(tmp_path):
     out = tmp_path / "result.json"
     cmd = [

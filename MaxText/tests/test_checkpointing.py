@@ -25,7 +25,7 @@ import pytest
 from MaxText import input_pipeline, paths
 from MaxText.config import ConfigError, load_config
 from MaxText.parallel import mesh as mesh_lib
-from MaxText.tests.conftest import BASE_YML
+from MaxText.tests.helpers import BASE_YML
 from MaxText.checkpoint import checkpointing
 from MaxText.training import trainer
 from MaxText.training.train_state import init_state
@@ -221,6 +221,7 @@ def _resume_with_learning_rate(runs, tmp_path, capsys, learning_rate, *overrides
     return code, capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_non_finite_loss_exits_3_and_keeps_the_last_good_checkpoint(runs, tmp_path, capsys):
     # Step 7 moves every parameter by ~1e30 (finite, saved); step 8's loss or gradient overflows. The profile
     # window [7, 8] is cut short by the error: the trace is still written.
@@ -342,6 +343,7 @@ def test_sigterm_saves_the_current_step_exits_0_and_resume_continues(runs, tmp_p
     assert [r["loss"] for r in overlap] == [uninterrupted[r["step"]] for r in overlap]
 
 
+@pytest.mark.slow
 def test_sigkill_during_an_async_save_then_resume(tmp_path):
     run_dir = tmp_path / "k"
     ckpt_dir = run_dir / "checkpoints"

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from MaxText import paths
-from MaxText.tests.test_benchmarks import _env_without_device_count
+from MaxText.tests.helpers import env_without_device_count
 
 SCRIPT = os.path.join(paths.REPO_ROOT, "benchmarks", "decode_throughput.py")
 
@@ -23,7 +23,7 @@ def test_decode_throughput_writes_json(tmp_path):
         "--out", str(out),
     ]  # fmt: skip
     proc = subprocess.run(
-        cmd, cwd=paths.REPO_ROOT, env=_env_without_device_count(), capture_output=True, text=True,
+        cmd, cwd=paths.REPO_ROOT, env=env_without_device_count(), capture_output=True, text=True,
         timeout=300, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -276,22 +276,30 @@ class _Profiler:
         log(f"profile of {step - self.first} steps written under {self.logdir}")
 
 
+def _restore_step(s: Setup, ckpt, target, step: int) -> tuple:
+    """(state, data iterator state, meta) of checkpoint `step`; CorruptCheckpoint when it is damaged."""
+    # A run resumed with the other scan_layers setting: restore in the stored layout, then restack the
+    # params and the optimizer state that mirrors them (bit-exact); later saves use the new layout.
+    restacks = checkpointing.layout_plan(os.path.join(ckpt.directory, str(step)), target.params)
+    source = layer_layout.stored_state_abstract(target, restacks) if restacks else target
+    state, data_state, meta = ckpt.restore(step, source)
+    if restacks:
+        state = layer_layout.state_to_target(state, restacks, target)
+        log(
+            f"converted step {step} from scan_layers={not s.cfg.scan_layers} to scan_layers={s.cfg.scan_layers}"
+        )
+    return state, data_state, meta
+
+
 def _restore_or_init(s: Setup, ckpt, data_iter, tokenizer_id):
-    """Resumes the latest checkpoint of this run, else starts fresh (optionally from load_parameters_path)."""
+    """Resumes the newest readable checkpoint of this run, else starts fresh (optionally from
+    load_parameters_path). Damaged newer steps are skipped with a warning; if every step is damaged,
+    ConfigError (never a silent fresh start)."""
     cfg = s.cfg
     target = checkpointing.abstract_with_shardings(s.abstract_state, s.shardings)
-    latest = ckpt.latest_step() if ckpt else None
-    if latest is not None:
-        # A run resumed with the other scan_layers setting: restore in the stored layout, then restack the
-        # params and the optimizer state that mirrors them (bit-exact); later saves use the new layout.
-        restacks = checkpointing.layout_plan(os.path.join(ckpt.directory, str(latest)), target.params)
-        source = layer_layout.stored_state_abstract(target, restacks) if restacks else target
-        state, data_state, meta = ckpt.restore(latest, source)
-        if restacks:
-            state = layer_layout.state_to_target(state, restacks, target)
-            log(
-                f"converted step {latest} from scan_layers={not cfg.scan_layers} to scan_layers={cfg.scan_layers}"
-            )
+    found = ckpt.restore_newest(functools.partial(_restore_step, s, ckpt, target), log) if ckpt else None
+    if found is not None:
+        latest, (state, data_state, meta) = found
         if meta.get("format_version") != checkpointing.FORMAT_VERSION:
             raise ConfigError(
                 f"checkpoint {ckpt.directory}/{latest}: unsupported format {meta.get('format_version')}"

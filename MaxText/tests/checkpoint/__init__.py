@@ -1,0 +1,1 @@
+"""Tests of MaxText.checkpoint (mirrors MaxText/checkpoint/)."""

@@ -1,0 +1,1 @@
+"""Tests of MaxText.config (mirrors MaxText/config/)."""

@@ -1,0 +1,1 @@
+"""Tests of MaxText.conversion (mirrors MaxText/conversion/)."""

@@ -1,0 +1,1 @@
+"""Tests of MaxText.inference (mirrors MaxText/inference/)."""

@@ -1,0 +1,1 @@
+"""Tests of MaxText.input_pipeline (mirrors MaxText/input_pipeline/)."""

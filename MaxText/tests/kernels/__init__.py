@@ -1,0 +1,1 @@
+"""Tests of MaxText.kernels (mirrors MaxText/kernels/)."""

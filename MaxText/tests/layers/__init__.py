@@ -1,0 +1,1 @@
+"""Tests of MaxText.layers (mirrors MaxText/layers/)."""

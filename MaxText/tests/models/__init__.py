@@ -1,0 +1,1 @@
+"""Tests of MaxText.models (mirrors MaxText/models/)."""

@@ -1,0 +1,1 @@
+"""Tests of MaxText.parallel (mirrors MaxText/parallel/)."""

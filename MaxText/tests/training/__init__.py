@@ -1,0 +1,1 @@
+"""Tests of MaxText.training (mirrors MaxText/training/)."""
