@@ -4,7 +4,11 @@
   model = api.load("path")      # a run directory, a converted checkpoint directory or a Hugging Face directory
   model.logits(ids)             # int [B, T] -> np.float32 [B, T, V]
   model.generate(ids, 20)       # int [B, P] -> int [B, P + 20], prompt included (as Hugging Face returns)
-  model.tokenizer.encode("text") / model.tokenizer.decode(ids)
+  model.tokenizer.encode("text") / model.tokenizer.decode(ids)   # prompts encode as decode and serve do
+
+Generation runs on the serving Engine (MaxText/inference/engine.py), the one that MaxText.decode and
+MaxText.serve use, with its sampler; `model.tokenizer` is inference/prompt.py's PromptTokenizer, the same
+prompt rule (BOS as the config's add_bos says, no EOS) as theirs.
 
 A Hugging Face directory is converted on the fly into a temporary checkpoint directory (removed when the
 model is garbage-collected). Keyword arguments to `load` are config overrides (key=value, as on the command
@@ -12,6 +16,7 @@ line), e.g. `api.load(path, dtype="bfloat16")`. Matmuls run at precision "highes
 is given.
 """
 
+import collections
 import json
 import math
 import os
@@ -26,16 +31,19 @@ import numpy as np
 from MaxText import paths
 from MaxText.config import Config, load_config
 from MaxText.checkpoint.config_overlay import saved_model_keys
-from MaxText.inference.generate import DecodeSettings, Generator
-from MaxText.inference.sampling import SamplingConfig
+from MaxText.inference.batcher import Batcher, Request
+from MaxText.inference.engine import Engine, EngineConfig, SamplingParams
+from MaxText.inference.prompt import PromptTokenizer
 from MaxText.inference.session import abstract_params
-from MaxText.models import registry
 from MaxText.parallel import mesh as mesh_lib
 from MaxText.checkpoint import checkpointing
+
+__all__ = ["Model", "PromptTokenizer", "is_hf_dir", "load"]
 
 BASE_YML = os.path.join(paths.REPO_ROOT, "configs", "base.yml")
 # Inference defaults that differ from base.yml's training defaults; explicit overrides win.
 _API_DEFAULTS = {"matmul_precision": "highest", "dropout_rate": 0.0}
+_MAX_ENGINES = 8  # engines kept per model (one per generate shape); each holds compiled programs only
 
 
 def is_hf_dir(path: str) -> bool:
@@ -43,40 +51,6 @@ def is_hf_dir(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "config.json")) and any(
         f.endswith(".safetensors") for f in os.listdir(path)
     )
-
-
-class PromptTokenizer:
-    """The model's tokenizer with BOS/EOS added as its files or its family say (or as add_bos/add_eos
-    override, per call or for the model).
-
-    encode(text) -> list[int] (with BOS when the family adds it), decode(ids) -> str (control ids skipped).
-    `raw` is the underlying MaxText.input_pipeline.tokenizers.Tokenizer.
-    """
-
-    def __init__(self, tokenizer, add_bos: bool | None, add_eos: bool | None):
-        self.raw, self.add_bos, self.add_eos = tokenizer, add_bos, add_eos
-
-    def encode(self, text: str, add_bos: bool | None = None, add_eos: bool | None = None) -> list:
-        return self.raw.encode_with_special_tokens(
-            text,
-            add_bos=self.add_bos if add_bos is None else add_bos,
-            add_eos=self.add_eos if add_eos is None else add_eos,
-        )
-
-    def decode(self, ids) -> str:
-        return self.raw.decode([int(i) for i in np.asarray(ids).reshape(-1)])
-
-    @property
-    def bos_id(self) -> int:
-        return self.raw.bos_id
-
-    @property
-    def eos_id(self) -> int:
-        return self.raw.eos_id
-
-    @property
-    def pad_id(self) -> int:
-        return self.raw.pad_id
 
 
 def _cli_value(value) -> str:
@@ -101,9 +75,16 @@ def _source_token_ids(meta: dict) -> dict:
 
 
 class Model:
-    """A loaded model: parameters on a mesh, its config, tokenizer and compiled forward/generate functions."""
+    """A loaded model: parameters on a mesh, its config, tokenizer and compiled forward/generate functions.
+
+    The layers run unrolled (cfg.scan_layers false, no remat: the layout the Engine decodes with, whose
+    scanned decode step ran ~2x slower on CPU), whatever layout the checkpoint holds; it loads straight into
+    that layout (a bit-exact reshuffle), so `params` is the only copy and logits() and generate() share it.
+    The unrolled forward pass equals the scanned one up to XLA's float rounding (bitwise for the Llama and
+    Gemma 2 test models on CPU; Qwen 3's within 2e-7)."""
 
     def __init__(self, cfg: Config, path: str, devices=None, add_bos=None, add_eos=None, temp_dir=None):
+        cfg = cfg.replace(scan_layers=False, remat_policy="none")
         self.cfg, self.path = cfg, path
         # A temporary conversion of a Hugging Face directory lives as long as the model.
         self._cleanup = weakref.finalize(self, shutil.rmtree, temp_dir, True) if temp_dir else None
@@ -113,12 +94,7 @@ class Model:
         self.params = checkpointing.load_params(path, target)
         self.tokenizer = None
         if cfg.tokenizer_path and os.path.isfile(cfg.tokenizer_path):
-            from MaxText.input_pipeline import tokenizers  # pylint: disable=import-outside-toplevel
-
-            raw = tokenizers.load_tokenizer(
-                cfg.tokenizer_path, registry.family(cfg.decoder_block).add_bos_eos
-            )
-            self.tokenizer = PromptTokenizer(raw, add_bos, add_eos)
+            self.tokenizer = PromptTokenizer.from_config(cfg, add_bos, add_eos)
         source = _source_token_ids(checkpointing.read_meta(path))
         tok_eos = self.tokenizer.eos_id if self.tokenizer else -1
         tok_pad = self.tokenizer.pad_id if self.tokenizer else -1
@@ -126,7 +102,7 @@ class Model:
         pad = source["pad"] if source["pad"] is not None else tok_pad
         self.pad_id = pad if pad is not None and pad >= 0 else max(self.eos_id, 0)
         self._forward = jax.jit(self._apply)
-        self._generators = {}
+        self._engines = collections.OrderedDict()  # (B, P, max_new) -> Engine, least recently used first
 
     @property
     def vocab_size(self) -> int:
@@ -154,12 +130,18 @@ class Model:
         with mesh_lib.activate(self.mesh, self.rules):
             return np.asarray(self._forward(self.params, jnp.asarray(ids)), dtype=np.float32)
 
-    def _generator(self, prompt_len: int, max_new: int, sampling: SamplingConfig, eos_id: int) -> Generator:
-        key = (prompt_len, max_new, sampling, eos_id)
-        if key not in self._generators:
-            settings = DecodeSettings(prompt_len, max_new, eos_id, self.pad_id, sampling)
-            self._generators[key] = Generator(self.module, self.params, settings)
-        return self._generators[key]
+    def _engine(self, batch: int, prompt_len: int, max_new: int) -> Engine:
+        """The Engine for one generate shape: `batch` slots, one prefill bucket of prompt_len, a contiguous
+        cache of prompt_len + max_new. It shares this model's params (already unrolled: no copy made)."""
+        key = (batch, prompt_len, max_new)
+        if key in self._engines:
+            self._engines.move_to_end(key)
+        else:
+            config = EngineConfig(slots=batch, max_length=prompt_len + max_new, buckets=(prompt_len,))
+            self._engines[key] = Engine(self.module, self.params, config)
+            while len(self._engines) > _MAX_ENGINES:
+                self._engines.popitem(last=False)
+        return self._engines[key]
 
     def generate(
         self,
@@ -175,26 +157,30 @@ class Model:
 
         Greedy when temperature == 0, else sampling at that temperature with top_k (0 = off) and top_p.
         A row that emits EOS (eos_id, default the model's; -1 never stops) is filled with the pad id after it.
+        Each row is one request of the serving Engine (as MaxText.decode and the server run them): row b
+        samples with seed + b (mod 2**32) folded with its own step count, so a row's tokens do not depend
+        on the other rows, and the same call gives the same tokens.
         """
         ids = self._check_ids(prompt_ids)
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens={max_new_tokens}: expected >= 1")
         if temperature < 0:
             raise ValueError(f"temperature={temperature}: expected >= 0")
-        if temperature == 0:
-            sampling = SamplingConfig("greedy")
-        else:
-            sampling = SamplingConfig("weighted", temperature=temperature, top_k=top_k, top_p=top_p)
         eos = self.eos_id if eos_id is None else eos_id
-        gen = self._generator(ids.shape[1], max_new_tokens, sampling, eos)
+        b, p = ids.shape
+        requests = [
+            Request(
+                row.tolist(), max_new_tokens, SamplingParams(temperature, top_k, top_p, (seed + i) % 2**32)
+            )
+            for i, row in enumerate(ids)
+        ]
         with mesh_lib.activate(self.mesh, self.rules):
-            rows = gen.generate([list(row) for row in ids], seed=seed)["tokens"]
-        out = np.full((ids.shape[0], ids.shape[1] + max_new_tokens), self.pad_id, np.int32)
-        out[:, : ids.shape[1]] = ids
-        for b, row in enumerate(rows):
-            if len(row) < max_new_tokens:  # the generator cuts each row before its EOS
-                row = row + [eos]
-            out[b, ids.shape[1] : ids.shape[1] + len(row)] = row
+            done = Batcher(self._engine(b, p, max_new_tokens), eos).complete(requests)
+        out = np.full((b, p + max_new_tokens), self.pad_id, np.int32)
+        out[:, :p] = ids
+        for i, completion in enumerate(done):
+            row = completion.tokens + ([eos] if completion.finish_reason == "stop" else [])
+            out[i, p : p + len(row)] = row
         return out
 
 
@@ -216,7 +202,8 @@ def load(
     """Loads a run directory (latest checkpoint), a converted checkpoint directory or a Hugging Face directory.
 
     devices: the devices to shard over (default: as many of jax.devices() as the model divides over).
-    add_bos/add_eos: override the tokenizer family's default for `model.tokenizer.encode`.
+    add_bos/add_eos: override the prompt rule (inference/prompt.py: BOS as the checkpoint's add_bos says,
+      no EOS) for `model.tokenizer.encode`.
     overrides: config keys, e.g. dtype="bfloat16" or matmul_precision="default".
     """
     path = os.path.abspath(path)

@@ -16,7 +16,11 @@ import signal
 import sys
 
 from MaxText.config import exit_on_config_error
+from MaxText.config.errors import require
 from MaxText.checkpoint.config_overlay import load_config_from_checkpoint
+
+# What the HTTP server imports (inference/server.py, inference/chat.py), checked before anything else.
+SERVER_PACKAGES = ("fastapi", "pydantic", "uvicorn", "prometheus_client", "jinja2")
 
 
 def model_id(path: str) -> str:
@@ -33,6 +37,8 @@ def model_id(path: str) -> str:
 @exit_on_config_error
 def main(argv) -> int:
     """Loads the checkpoint, compiles every prefill bucket and the decode step, then serves until SIGTERM."""
+    for name in SERVER_PACKAGES:
+        require(name, "MaxText.serve")
     cfg, path = load_config_from_checkpoint(argv, require_checkpoint=True)
     # pylint: disable=import-outside-toplevel
     import uvicorn

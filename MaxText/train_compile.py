@@ -21,8 +21,9 @@ def _gib(n: int) -> str:
     return f"{n / (1 << 30):8.3f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):8.3f} MiB"
 
 
-def print_report(target, num_slices: int, s, report: dict, xla_flops: float) -> None:
-    """Prints the target, the memory per device (aot.memory_report) and the FLOPs per device per step."""
+def print_report(target, num_slices: int, s, report: dict, xla_flops: float, pallas_calls: int) -> None:
+    """Prints the target, the kernel plan, the memory per device (aot.memory_report) and the FLOPs per
+    device per step."""
     devices = s.mesh.devices.size
     hbm = ""
     if target.hbm_bytes:
@@ -31,6 +32,7 @@ def print_report(target, num_slices: int, s, report: dict, xla_flops: float) -> 
         f"compiled the train step for {target.name} x {num_slices} slice(s): {devices} devices "
         f"({s.mesh.devices.flat[0].device_kind}), mesh {dict(s.mesh.shape)}, global batch "
         f"{s.global_batch} x {s.cfg.max_target_length} tokens",
+        kernel_line(s.model.config.kernel_plan, s.cfg.max_target_length, pallas_calls),
         "memory per device:",
         f"  parameters          {_gib(report['params'])}",
         f"  optimizer state     {_gib(report['optimizer_state'])}",
@@ -44,6 +46,13 @@ def print_report(target, num_slices: int, s, report: dict, xla_flops: float) -> 
         f"{s.flops_per_step / devices:.4e} (analytic, without remat recompute)",
     ]
     print("\n".join(lines), flush=True)
+
+
+def kernel_line(plan, length: int, pallas_calls: int) -> str:
+    """The kernels the compiled step runs: the plan's attention kernel for this length, the dot, and how
+    many Pallas kernels (Triton / Mosaic custom calls) XLA's compiled program holds."""
+    pallas = f", {pallas_calls} Pallas kernel call(s) in the compiled HLO" if plan.target != "cpu" else ""
+    return f"kernels for {plan.target}: attention {plan.attend_kernel(length)}, dot {plan.dot}{pallas}"
 
 
 def compile_for(cfg, target, devices) -> int:
@@ -62,7 +71,8 @@ def compile_for(cfg, target, devices) -> int:
                 aot.check_fits(None, target, str(e).split(":", 1)[1].strip())
             raise
     report = aot.memory_report(compiled, s.abstract_state, s.shardings)
-    print_report(target, cfg.compile_topology_num_slices, s, report, aot.compiled_flops(compiled))
+    calls = aot.pallas_kernel_calls(compiled, s.model.config.kernel_plan.target)
+    print_report(target, cfg.compile_topology_num_slices, s, report, aot.compiled_flops(compiled), calls)
     aot.check_fits(report, target)
     if cfg.compiled_trainstep_file:
         aot.save_executable(cfg.compiled_trainstep_file, compiled, cfg, devices)

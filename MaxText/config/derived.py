@@ -25,6 +25,8 @@ def _model_fields() -> list:
             fields.append((s.model, kind, dataclasses.field(default=_frozen(s.default))))
     # remat_policy=custom: (tensor, remat|device|offload) pairs of the per-tensor keys.
     fields.append(("remat_custom", tuple, dataclasses.field(default=())))
+    # Not a setting: the kernels this model runs on its target (kernels/plan.py), set by models.make_model.
+    fields.append(("kernel_plan", object, dataclasses.field(default=None)))
     return fields
 
 

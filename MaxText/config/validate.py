@@ -122,7 +122,7 @@ def _check_data_sources(cfg: Config) -> None:
 
 
 def _check_attention(cfg: Config) -> None:
-    """Kernel choices that can never run with the rest of the config (kernels/select.py has the table)."""
+    """Kernel choices that can never run with the rest of the config (kernels/plan.py has the table)."""
     _require(
         cfg.attention != "paged" or cfg.kv_cache == "paged",
         f"attention='paged': the paged decode kernel reads a paged KV cache, but kv_cache={cfg.kv_cache!r}; "

@@ -4,6 +4,8 @@
 failure), runs one decode step for all active slots, and hands each request its new token and text delta
 through its `on_event` callback. Requests stop at EOS, at max_tokens or at a stop string, and free their slot
 and pages at once. `submit` and `cancel` may be called from other threads; `step` runs on one thread.
+`complete(requests)` runs a set of requests to the end and returns their tokens (api.generate and
+DecodeSession.generate_text; the server steps the batcher itself).
 
 Text deltas never split a multi-byte character (a decoded suffix ending in U+FFFD waits for its remaining
 bytes) and never show a partial stop string (text that could still become a stop string is held back).
@@ -45,6 +47,16 @@ class Request:
     ignore_eos: bool = False
     on_event: Callable = lambda event: None
     request_id: int = dataclasses.field(default_factory=itertools.count().__next__)
+
+
+@dataclasses.dataclass
+class Completion:
+    """What a request produced: its tokens (EOS not included), why it ended, seconds to its first token
+    (from the start of Batcher.complete; None when it ended without a token)."""
+
+    tokens: list = dataclasses.field(default_factory=list)
+    finish_reason: Optional[str] = None
+    first_token_s: Optional[float] = None
 
 
 @dataclasses.dataclass
@@ -158,6 +170,32 @@ class Batcher:
     def run_until_idle(self) -> None:
         while not self.idle():
             self.step()
+
+    def complete(self, requests) -> list:
+        """Submits `requests`, steps until the batcher is idle and returns one Completion per request, in
+        order. Each request's own on_event still sees every event. Runs on the batcher's thread. Raises
+        ValueError, before submitting any, when one of them can never fit the engine's shapes."""
+        for request in requests:
+            self.engine.check_request(len(request.prompt), request.max_tokens)
+        start = time.perf_counter()
+        done = [Completion() for _ in requests]
+
+        def recorder(completion: Completion, inner: Callable):
+            def on_event(event: Event):
+                if event.token is not None:
+                    if completion.first_token_s is None:
+                        completion.first_token_s = time.perf_counter() - start
+                    completion.tokens.append(event.token)
+                if event.finished:
+                    completion.finish_reason = event.finish_reason
+                inner(event)
+
+            return on_event
+
+        for request, completion in zip(requests, done):
+            self.submit(dataclasses.replace(request, on_event=recorder(completion, request.on_event)))
+        self.run_until_idle()
+        return done
 
     def _drop_cancelled(self):
         with self._lock:

@@ -22,6 +22,7 @@ from MaxText.inference.generate import decode_step, prefill
 from MaxText.inference.kv_cache import (
     init_cache,
     init_paged_cache,
+    map_layers,
     per_layer,
     with_page_table,
     without_page_table,
@@ -29,7 +30,6 @@ from MaxText.inference.kv_cache import (
 from MaxText.inference.page_manager import PageManager
 from MaxText.inference.sampling import sample_rows
 from MaxText.kernels.paged import NULL_PAGE
-from MaxText.layers.attention import scatter_tokens
 from MaxText.models.transformer import make_model, unstack_layers
 
 
@@ -111,15 +111,6 @@ def request_keys(seeds, steps):
     return jax.vmap(lambda s, i: jax.random.fold_in(jax.random.key(s), i))(seeds, steps)
 
 
-def _map_layers(fn, *trees):
-    """Applies fn to each layer's {"k", "v"} dict across matching (per-layer) cache trees."""
-    if isinstance(trees[0], list):
-        return [_map_layers(fn, *units) for units in zip(*trees)]
-    if "k" in trees[0]:
-        return fn(*trees)
-    return {name: _map_layers(fn, *(t[name] for t in trees)) for name in trees[0]}
-
-
 class Engine:
     """Compiled prefill / insert / generate / release over one model. State is a pytree the caller threads
     through (donated on every call); the host-side PageManager tracks which pages each slot holds."""
@@ -161,12 +152,10 @@ class Engine:
         if self.config.paged:
             positions = jnp.arange(jax.tree.leaves(prefix_cache)[0].shape[2], dtype=jnp.int32)[None]
 
-            def put(pool, pre):  # one layer: pool {"k": [NP, PS, K, H], ...}, pre {"k": [1, K, P, H], ...}
-                paged_view = {**pool, "page_table": table_row[None]}
-                tokens = {name: jnp.swapaxes(x, 1, 2) for name, x in pre.items()}  # [1, P, K, ...]
-                return without_page_table(scatter_tokens(paged_view, tokens, positions))
+            def put(pool, pre):  # one layer: a pool [NP, PS, K, H] and the prefix's [1, K, P, H]
+                return pool.replace(page_table=table_row[None]).scatter(pre.tokens(), positions)
 
-            cache = _map_layers(put, cache, prefix_cache)
+            cache = without_page_table(map_layers(put, cache, prefix_cache))
         else:
             cache = jax.tree.map(
                 lambda c, p: jax.lax.dynamic_update_slice(

@@ -5,24 +5,26 @@ import time
 import flax.linen as nn
 import jax
 
-from MaxText import input_pipeline
 from MaxText.config import Config, model_config
 from MaxText.inference.batcher import Batcher, Request
 from MaxText.inference.engine import Engine, EngineConfig, SamplingParams, default_buckets
+from MaxText.inference.prompt import PromptTokenizer
 from MaxText.parallel import mesh as mesh_lib
 from MaxText.checkpoint import checkpointing
 from MaxText.models.transformer import init_params_boxed, make_model
 
 
 def sampling_params(cfg: Config, seed_offset: int = 0) -> SamplingParams:
-    """The config's decode_sampling_* keys as per-request sampling (greedy = temperature 0)."""
+    """The config's decode_sampling_* keys as per-request sampling (greedy = temperature 0; otherwise
+    temperature, top_k and nucleus_p all apply). Request i of a batch gets seed decode_sampling_seed + i."""
+    seed = (cfg.decode_sampling_seed + seed_offset) % 2**32
     if cfg.decode_sampling_strategy == "greedy":
-        return SamplingParams(seed=cfg.decode_sampling_seed + seed_offset)
+        return SamplingParams(seed=seed)
     return SamplingParams(
         temperature=cfg.decode_sampling_temperature,
         top_k=cfg.decode_sampling_top_k,
         top_p=cfg.decode_sampling_nucleus_p,
-        seed=cfg.decode_sampling_seed + seed_offset,
+        seed=seed,
     )
 
 
@@ -48,9 +50,12 @@ def abstract_params(cfg: Config, mesh, rules):
 
 
 class DecodeSession:
-    """Holds model, params, tokenizer, engine and batcher. Build with from_checkpoint or from parts."""
+    """Holds model, params, tokenizer (a PromptTokenizer: prompts encode by inference/prompt.py's rule),
+    engine and batcher. Build with from_checkpoint or from parts."""
 
     def __init__(self, cfg: Config, model, params, tokenizer, mesh, rules):
+        if not isinstance(tokenizer, PromptTokenizer):
+            tokenizer = PromptTokenizer(tokenizer, cfg.add_bos)
         self.cfg, self.model, self.params, self.tokenizer = cfg, model, params, tokenizer
         self.mesh, self.rules = mesh, rules
         self.engine = Engine(model, params, engine_config(cfg))
@@ -63,11 +68,11 @@ class DecodeSession:
         mesh, rules = mesh_lib.make_mesh(cfg), mesh_lib.axis_rules(cfg)
         model, target = abstract_params(cfg, mesh, rules)
         params = checkpointing.load_params(path, target)
-        return cls(cfg, model, params, input_pipeline.load_tokenizer(cfg.tokenizer_path), mesh, rules)
+        return cls(cfg, model, params, PromptTokenizer.from_config(cfg), mesh, rules)
 
     def encode_prompt(self, text: str) -> list:
-        ids = self.tokenizer.encode(text)
-        return ([self.tokenizer.bos_id] if self.cfg.add_bos else []) + ids
+        """The prompt's ids by the one rule (inference/prompt.py), as api.load's tokenizer encodes it."""
+        return self.tokenizer.encode(text)
 
     def max_tokens_for(self, prompt_len: int) -> int:
         return max(1, min(self.cfg.max_decode_steps, self.cfg.max_target_length - prompt_len))
@@ -81,31 +86,21 @@ class DecodeSession:
         return self.compile_s
 
     def generate_text(self, prompts) -> dict:
-        """prompts: list of str, all submitted at once to the engine. Returns per-prompt "tokens" and
-        "texts" (continuations), mean "time_to_first_token_s", "decode_tokens_per_s" after each request's
-        first token, "generated_tokens" and "compile_s" (warm-up, excluded from the timings)."""
+        """prompts: list of str, all submitted at once to the engine (prompt i samples with seed
+        decode_sampling_seed + i). Returns per-prompt "tokens" and "texts" (continuations), mean
+        "time_to_first_token_s", "decode_tokens_per_s" after each request's first token, "generated_tokens"
+        and "compile_s" (warm-up, excluded from the timings)."""
         self.warmup()
-        tokens = [[] for _ in prompts]
-        ttft = [0.0] * len(prompts)
         t0 = time.perf_counter()
-
-        def collect(i):
-            def on_event(event):
-                if not tokens[i] and event.token is not None:
-                    ttft[i] = time.perf_counter() - t0
-                if event.token is not None:
-                    tokens[i].append(event.token)
-
-            return on_event
-
+        requests = []
         for i, prompt in enumerate(prompts):
             ids = self.encode_prompt(prompt)
-            self.batcher.submit(
-                Request(ids, self.max_tokens_for(len(ids)), sampling_params(self.cfg, i), on_event=collect(i))
-            )
+            requests.append(Request(ids, self.max_tokens_for(len(ids)), sampling_params(self.cfg, i)))
         with mesh_lib.activate(self.mesh, self.rules):
-            self.batcher.run_until_idle()
+            done = self.batcher.complete(requests)
         elapsed = time.perf_counter() - t0
+        tokens = [c.tokens for c in done]
+        ttft = [c.first_token_s or 0.0 for c in done]
         generated = sum(len(t) for t in tokens)
         after_first = elapsed - min(ttft)
         return {

@@ -24,6 +24,7 @@ import os
 
 import numpy as np
 
+from MaxText.config.errors import require
 from MaxText.input_pipeline import (
     builtin_corpus,
     iterators,
@@ -37,6 +38,8 @@ from MaxText.input_pipeline import (
 
 DATASET_TYPES = ("builtin", "synthetic", "grain", "hf", "tfds")
 USER_TYPES = ("grain", "hf", "tfds")
+# The optional packages each user format reads with (checked before any file is opened; see sources.py).
+PACKAGES = {"grain": ("grain",), "hf": ("grain", "datasets"), "tfds": ("grain", "tensorflow_datasets")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +141,8 @@ def corpus_path(cfg: DataConfig) -> str:
 def _validate(cfg: DataConfig, process_index: int, process_count: int) -> None:
     if cfg.dataset_type not in DATASET_TYPES:
         raise ValueError(f"dataset_type {cfg.dataset_type!r} is not one of {DATASET_TYPES}")
+    for module in PACKAGES.get(cfg.dataset_type, ()):
+        require(module, f"dataset_type={cfg.dataset_type!r}")
     if cfg.max_target_length < 1:
         raise ValueError(f"max_target_length must be >= 1, got {cfg.max_target_length}")
     if cfg.vocab_size < 1:

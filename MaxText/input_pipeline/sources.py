@@ -24,13 +24,16 @@ import glob
 import json
 import os
 
-import grain
 import numpy as np
 from absl import flags as absl_flags
 
+from MaxText.config.errors import ConfigError, require
 from MaxText.input_pipeline import tokenizers
 
 ARRAY_RECORD_MARK = ".array_record"
+# grain, pyarrow, datasets and tensorflow_datasets are imported where a format needs them (config/errors.py's
+# `require`), so synthetic and built-in data run without them.
+READING_RECORDS = "reading dataset records (dataset_type='grain', 'hf' or 'tfds')"
 
 
 class DataError(ValueError):
@@ -84,6 +87,8 @@ class JsonArrayRecordSource:
 
     def __init__(self, files: list[str], key: str):
         self._files, self._key = files, key
+        grain = require("grain", f"{key}: ArrayRecord files")
+        require("array_record", f"{key}: ArrayRecord files")
         try:
             self._source = grain.sources.ArrayRecordDataSource(files)
             self._length = len(self._source)
@@ -128,7 +133,7 @@ class ParquetSource:
     """
 
     def __init__(self, files: list[str], column: str, key: str):
-        import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
+        pq = require("pyarrow.parquet", f"{key}: Parquet files")
 
         self._files, self._column, self._key = files, column, key
         groups = []  # (file index, row group index, rows)
@@ -268,6 +273,7 @@ def encode_records(
     Reads in increasing index order (sequential within files and Parquet row groups), in `worker_count` grain
     worker processes when > 0; the result does not depend on the worker count.
     """
+    grain = require("grain", READING_RECORDS)
     indices = np.asarray(indices, dtype=np.int64)
     order = np.argsort(indices, kind="stable")
     dataset = grain.MapDataset.source(SubsetSource(source, indices[order])).map(encoder)
@@ -291,8 +297,7 @@ def hf_source(hf_path: str, data_files: str, split: str, streaming: bool = False
 
     Returns a `datasets.Dataset` (random access), or an `IterableDataset` when `streaming`.
     """
-    import datasets  # pylint: disable=import-outside-toplevel
-
+    datasets = require("datasets", "dataset_type='hf'")
     datasets.disable_progress_bars()
     where = f"hf_path={hf_path!r}"
     try:
@@ -320,7 +325,7 @@ def hf_source(hf_path: str, data_files: str, split: str, streaming: bool = False
 
 def tfds_source(name: str, data_dir: str, split: str):
     """Random-access TFDS split (array_record, no TensorFlow) or a list of its records (tfrecord + TF)."""
-    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+    tfds = require("tensorflow_datasets", "dataset_type='tfds'")
 
     where = f"dataset_name={name!r} dataset_path={data_dir!r}"
     try:
@@ -331,17 +336,15 @@ def tfds_source(name: str, data_dir: str, split: str):
             raise DataError(f"{where}: no split {split!r} (splits: {sorted(builder.info.splits)})")
         file_format = builder.info.file_format.value if builder.info.file_format else "tfrecord"
         if file_format != "array_record":
-            try:
-                import tensorflow  # pylint: disable=import-outside-toplevel,unused-import
-            except ImportError:
-                raise DataError(
-                    f"{where}: the dataset is stored as {file_format}, which needs TensorFlow (not installed); "
-                    "install tensorflow, or prepare the dataset with file_format='array_record' "
-                    "(or `python3 -m MaxText.prepare_data --format tfds`)"
-                ) from None
+            require(
+                "tensorflow",
+                f"{where}: a dataset stored as {file_format}",
+                instead="prepare the dataset with file_format='array_record' "
+                "(or `python3 -m MaxText.prepare_data --format tfds`)",
+            )
             return ListSource(list(tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False))))
         return builder.as_data_source(split=split)
-    except DataError:
+    except (DataError, ConfigError):
         raise
     except Exception as e:  # pylint: disable=broad-exception-caught  # tfds raises many kinds
         raise DataError(f"{where}: cannot open split {split!r}: {_first_line(e)}") from None

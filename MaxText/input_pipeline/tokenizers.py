@@ -36,6 +36,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from MaxText.config.errors import require
 from MaxText.input_pipeline import builtin_corpus
 
 
@@ -141,8 +142,7 @@ class SentencePieceTokenizer(Tokenizer):
 
     def __init__(self, path: str, defaults: tuple | None = None):
         super().__init__(path, defaults)
-        import sentencepiece as spm  # pylint: disable=import-outside-toplevel
-
+        spm = require("sentencepiece", f"tokenizer_path={path!r} (a SentencePiece model)")
         self._sp = spm.SentencePieceProcessor(model_file=path)
         config = _special_token_config(os.path.dirname(path))
         self._stated = (config.get("add_bos_token"), config.get("add_eos_token"))
@@ -256,9 +256,8 @@ class HuggingFaceTokenizer(Tokenizer):
 
     def __init__(self, path: str, defaults: tuple | None = None):
         super().__init__(path, defaults)
-        from tokenizers import Tokenizer as RustTokenizer  # pylint: disable=import-outside-toplevel
-
-        self._tok = RustTokenizer.from_file(path)
+        hf_tokenizers = require("tokenizers", f"tokenizer_path={path!r} (a Hugging Face tokenizer.json)")
+        self._tok = hf_tokenizers.Tokenizer.from_file(path)
         with open(path, encoding="utf-8") as f:
             self._spec = json.load(f)
         config = _special_token_config(os.path.dirname(path))
@@ -359,8 +358,7 @@ class TiktokenTokenizer(Tokenizer):
 
     def __init__(self, path: str, defaults: tuple | None = None):
         super().__init__(path, defaults)
-        import tiktoken  # pylint: disable=import-outside-toplevel
-
+        tiktoken = require("tiktoken", f"tokenizer_path={path!r} (a tiktoken file)")
         ranks = read_tiktoken_ranks(path)
         config = _special_token_config(os.path.dirname(path))
         specials = {
@@ -473,7 +471,8 @@ def load_tokenizer(path: str, defaults: tuple | None = None) -> Tokenizer:
       files are silent.
 
     Raises:
-      ValueError: empty path or unrecognised format. FileNotFoundError: no such file.
+      ValueError: empty path or unrecognised format. FileNotFoundError: no such file. ConfigError: the
+        format's package (sentencepiece, tokenizers or tiktoken) is not installed.
     """
     if not path:
         raise ValueError("tokenizer_path is empty; set it to a tokenizer model file")

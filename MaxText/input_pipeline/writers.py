@@ -9,7 +9,7 @@ import json
 import os
 from typing import Iterable, Iterator
 
-from array_record.python import array_record_module
+from MaxText.config.errors import require
 
 
 @contextlib.contextmanager
@@ -26,9 +26,9 @@ def atomic_path(path: str) -> Iterator[str]:
 
 def write_array_record(path: str, records: Iterable[dict]) -> int:
     """Writes JSON-object records to an ArrayRecord file; returns the number written."""
+    array_record_module = require("array_record.python.array_record_module", "writing ArrayRecord files")
     count = 0
     with atomic_path(path) as tmp:
-        # pylint: disable-next=c-extension-no-member
         writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1")
         try:
             for record in records:
@@ -41,8 +41,8 @@ def write_array_record(path: str, records: Iterable[dict]) -> int:
 
 def write_parquet(path: str, columns: dict[str, list]) -> None:
     """Writes columns (name -> values: str, or lists of ints) to a Parquet file."""
-    import pyarrow as pa  # pylint: disable=import-outside-toplevel
-    import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
+    pa = require("pyarrow", "writing Parquet files")
+    pq = require("pyarrow.parquet", "writing Parquet files")
 
     with atomic_path(path) as tmp:
         pq.write_table(pa.table(columns), tmp)

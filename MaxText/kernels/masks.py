@@ -16,6 +16,8 @@ class AttentionSpec:
     scale: multiplies q.k (1/sqrt(H) for most models; the model decides, nothing is folded into weights).
     sliding_window: W > 0 limits query i to keys j with i - W < j <= i (positions); 0 = full causal.
     soft_cap: > 0 applies cap * tanh(score / cap) before masking (Gemma 2).
+    kernel: the kernel that runs, as the KernelPlan resolved it (kernels/plan.py).
+    interpret: a Pallas kernel (splash, paged) runs in the interpreter (the plan says so off its platform).
     """
 
     kernel: str = "dot_product"
@@ -24,6 +26,7 @@ class AttentionSpec:
     soft_cap: float = 0.0
     precision: object = None
     block_size: int = 128
+    interpret: bool = True
 
 
 def visible(qp, kp, qs, ks, sliding_window: int):

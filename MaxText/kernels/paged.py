@@ -28,15 +28,6 @@ def page_slots(page_table, positions, page_size: int):
     return page, positions % page_size
 
 
-def write_pages(pages: dict, k, v, positions, page_table) -> dict:
-    """Scatters k/v [B, T, K, H] into pages {"k"/"v": [NP, PS, K, H]} at the rows' positions [B, T]."""
-    page, slot = page_slots(page_table, positions, pages["k"].shape[1])
-    return {
-        "k": pages["k"].at[page, slot].set(k.astype(pages["k"].dtype)),
-        "v": pages["v"].at[page, slot].set(v.astype(pages["v"].dtype)),
-    }
-
-
 def gather_pages(pool, page_table):
     """[NP, PS, K, H] through the table [B, MP] -> each row's contiguous view [B, MP * PS, K, H]."""
     b, mp = page_table.shape

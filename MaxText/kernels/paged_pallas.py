@@ -11,7 +11,7 @@ kernel: slot j is visible when j <= p (and p - j < W with a window), scores soft
 The pool is passed whole (no BlockSpec tiling) and indexed by page inside the kernel. On GPU (compiled
 through Triton) that is pointer arithmetic into the pool in HBM, one [PS, H] page loaded per step; on CPU
 the kernel runs with `interpret=True`. TPU would need a variant that prefetches the page table as scalars
-and DMAs one page at a time into VMEM; it is not written, so kernels/select.py uses the reference there.
+and DMAs one page at a time into VMEM; it is not written, so the kernel plan (kernels/plan.py) uses the reference there.
 """
 
 import functools

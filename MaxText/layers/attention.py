@@ -8,68 +8,67 @@ Modes (an argument, never stored state):
 - "prefill":        attend within the T prompt tokens and write their K/V into `cache` at slots = positions.
 - "autoregressive": write the T new tokens' K/V at slots = positions, then attend over the whole cache;
                     slot j is visible to a query at position p when j <= p (and p - j < W with a window).
-The cache for one layer is {"k": [B, K, S, H], "v": [B, K, S, H]}, heads before slots so that a decode
-step's two attention matmuls read it as it lies (batched over B, K; with [B, S, K, H] XLA:CPU transposed the
-whole cache for every layer and step, 6x slower at 512 slots); it is returned, never mutated in place.
-A paged cache (inference/kv_cache.py) is {"k": [NP, PS, K, H], "v": ..., "page_table": [B, MP]} instead:
-the same modes write through the row's page table and decode reads through it (kernels/paged.py).
+The cache is one typed K/V cache per layer (inference/kv_cache.py: contiguous, quantized, paged, quantized
+paged), an explicit input and output, never mutated in place: the layer calls its `write` and `attend`.
+Which kernel runs comes from the model's KernelPlan (kernels/plan.py), decided once for the target.
 """
 
+import math
 from typing import Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 from jax.ad_checkpoint import checkpoint_name
 
 from MaxText import kernels
-from MaxText.kernels import paged
+from MaxText.kernels.plan import KV_LAYOUTS, KernelPlan, check_cache
 from MaxText.layers.common import constrain
 from MaxText.layers.embeddings import RopeConfig, apply_rope
 from MaxText.layers.linears import DenseGeneral
 from MaxText.layers.normalizations import RMSNorm
-from MaxText.layers.quantizations import QuantConfig, dequantize_kv, quantize_kv
+from MaxText.layers.quantizations import QuantConfig
 
 MODES = ("train", "prefill", "autoregressive")
+# Pallas kernels: XLA cannot partition their custom calls (Mosaic refuses; a Triton call would be replicated
+# onto every device), so on a mesh they run per shard under shard_map, as the plan's target compiles them.
+PER_SHARD_KERNELS = ("splash", "flash_pallas")
 
 
-def scatter_tokens(cache: dict, values: dict, positions) -> dict:
-    """Writes each per-token array of `values` ([B, T, K, ...], keyed like the cache) at slots `positions`
-    [B, T] of each row: into [B, K, S, ...] of a contiguous cache, or through the rows' pages into the
-    [NP, PS, K, ...] pool of a paged one."""
-    if "page_table" in cache:
-        index = paged.page_slots(cache["page_table"], positions, cache["k"].shape[1])
-        return {
-            **cache,
-            **{name: cache[name].at[index].set(x.astype(cache[name].dtype)) for name, x in values.items()},
-        }
-    rows = jnp.arange(positions.shape[0])[:, None, None]
-    heads = jnp.arange(cache["k"].shape[1])[None, :, None]
-    index = (rows, heads, positions[:, None, :])  # -> [B, K, T], the values' axes 0, 2, 1
-    return {
-        **cache,
-        **{
-            name: cache[name].at[index].set(jnp.swapaxes(x, 1, 2).astype(cache[name].dtype))
-            for name, x in values.items()
-        },
-    }
+def _mesh_axes(name: str):
+    return nn.logical_to_mesh_axes((name,))[0]
 
 
-def write_cache(cache: dict, k, v, positions) -> dict:
-    """Scatters k/v [B, T, K, H] into cache slots `positions` [B, T] of each row (through its pages when
-    the cache is paged). A quantized cache (with k_scale/v_scale [.., K]) stores int8 and one scale per
-    token and head."""
-    values = {"k": k, "v": v}
-    if "k_scale" in cache:
-        (values["k"], values["k_scale"]), (values["v"], values["v_scale"]) = quantize_kv(k), quantize_kv(v)
-    return scatter_tokens(cache, values, positions)
+def _shards(mesh, part) -> int:
+    axes = () if part is None else (part if isinstance(part, tuple) else (part,))
+    return math.prod(mesh.shape[a] for a in axes)
 
 
-def read_cache(cache: dict, name: str, dtype):
-    """The cache's "k" or "v" in `dtype`, dequantized when the cache holds int8 and scales."""
-    if f"{name}_scale" in cache:
-        return dequantize_kv(cache[name], cache[f"{name}_scale"], dtype)
-    return cache[name].astype(dtype)
+def attend(q, k, v, positions, segment_ids, spec: kernels.AttentionSpec):
+    """Attention among the T tokens (train, prefill) with spec.kernel; q [B, T, N, H], k/v [B, T, K, H].
+
+    A Pallas kernel on a mesh runs per shard: rows split as activation_batch says and heads as
+    activation_heads / activation_kv_heads say when both split alike (else heads stay whole); every shard
+    sees its rows' whole sequence."""
+
+    def call(q, k, v, pos, seg):
+        return kernels.attention(q, k, v, pos, pos, seg, seg, spec)
+
+    mesh = jax.sharding.get_abstract_mesh()
+    if spec.kernel not in PER_SHARD_KERNELS or mesh.empty:
+        return call(q, k, v, positions, segment_ids)
+    batch, heads, kv_heads = (
+        _mesh_axes(n) for n in ("activation_batch", "activation_heads", "activation_kv_heads")
+    )
+    if q.shape[0] % _shards(mesh, batch):
+        batch = None
+    if heads != kv_heads or q.shape[2] % _shards(mesh, heads) or k.shape[2] % _shards(mesh, kv_heads):
+        heads = kv_heads = None
+    q_spec, kv_spec, row_spec = P(batch, None, heads, None), P(batch, None, kv_heads, None), P(batch, None)
+    return jax.shard_map(
+        call, in_specs=(q_spec, kv_spec, kv_spec, row_spec, row_spec), out_specs=q_spec, check_vma=False
+    )(q, k, v, positions, segment_ids)
 
 
 class Attention(nn.Module):
@@ -84,7 +83,7 @@ class Attention(nn.Module):
     num_kv_heads: int
     head_dim: int
     rope: Optional[RopeConfig]
-    kernel: str = "dot_product"
+    plan: KernelPlan = KernelPlan()
     scale: Optional[float] = None
     sliding_window: int = 0
     soft_cap: float = 0.0
@@ -107,6 +106,7 @@ class Attention(nn.Module):
             soft_cap=self.soft_cap,
             precision=self.precision,
             block_size=self.block_size,
+            interpret=self.plan.interpret(kernel),
         )
 
     @nn.compact
@@ -117,7 +117,7 @@ class Attention(nn.Module):
         dense = dict(
             dtype=self.dtype, weight_dtype=self.weight_dtype, precision=self.precision, use_bias=self.use_bias
         )
-        dense["quant"] = self.quant
+        dense["quant"], dense["dot"] = self.quant, self.plan.dot
         n, kh, h = self.num_query_heads, self.num_kv_heads, self.head_dim
         q = DenseGeneral((n, h), kernel_axes=("embed", "q_heads", "kv"), name="query", **dense)(x)
         k = DenseGeneral((kh, h), kernel_axes=("embed", "kv_heads", "kv"), name="key", **dense)(x)
@@ -143,27 +143,14 @@ class Attention(nn.Module):
         v = constrain(v, ("activation_batch", "activation_length", "activation_kv_heads", "activation_kv"))
 
         new_cache = None
-        if mode == "train":
-            out = kernels.attention(
-                q, k, v, positions, positions, segment_ids, segment_ids, self._spec(self.kernel)
-            )
-        elif mode == "prefill":
-            new_cache = write_cache(cache, k, v, positions)
-            out = kernels.attention(
-                q, k, v, positions, positions, segment_ids, segment_ids, self._spec(self.kernel)
-            )
-        elif "page_table" in cache:
-            new_cache = write_cache(cache, k, v, positions)
-            out = kernels.paged_attention(
-                q, new_cache["k"], new_cache["v"], new_cache["page_table"], positions, self._spec(self.kernel),
-                new_cache.get("k_scale"), new_cache.get("v_scale"),
-            )  # fmt: skip
+        if mode != "train":
+            check_cache(cache, KV_LAYOUTS, "self-attention")
+            new_cache = cache.write(k, v, positions)
+        if mode == "autoregressive":
+            spec = self._spec(self.plan.decode_kernel(cache.LAYOUT, q.shape[1]))
+            out = new_cache.attend(q, positions, spec, self.dtype)
         else:
-            new_cache = write_cache(cache, k, v, positions)
-            out = kernels.decode_attention(
-                q, read_cache(new_cache, "k", self.dtype), read_cache(new_cache, "v", self.dtype), positions,
-                self._spec("dot_product"),
-            )  # fmt: skip
+            out = attend(q, k, v, positions, segment_ids, self._spec(self.plan.attend_kernel(k.shape[1])))
         out = checkpoint_name(
             constrain(out, ("activation_batch", "activation_length", "activation_heads", "activation_kv")),
             "context",

@@ -18,6 +18,7 @@ class Embed(nn.Module):
     dtype: jnp.dtype = jnp.float32
     weight_dtype: jnp.dtype = jnp.float32
     precision: jax.lax.Precision = jax.lax.Precision.DEFAULT
+    dot: str = "cpu"  # the backend's matmul choice (linears.DenseGeneral.dot)
 
     def setup(self):
         self.embedding = param_with_axes(
@@ -36,11 +37,15 @@ class Embed(nn.Module):
     def attend(self, x, dtype=None):
         """x [B, T, D] -> logits [B, T, V] against the embedding table.
 
-        Through dense_dot on the [D, V] view of the table, so the backward is the fast x^T g form (the
-        table's gradient is transposed back to [V, D], a [V, D]-sized copy; see dense_dot).
+        On CPU (dot="cpu") through dense_dot on the [D, V] view of the table, so the backward is the fast
+        x^T g form (the table's gradient is transposed back to [V, D], a [V, D]-sized copy; see dense_dot);
+        elsewhere the plain contraction.
         """
         dtype = dtype or self.dtype
-        return dense_dot(x.astype(dtype), self.embedding.astype(dtype).T, 1, self.precision)
+        x, table = x.astype(dtype), self.embedding.astype(dtype)
+        if self.dot == "cpu":
+            return dense_dot(x, table.T, 1, self.precision)
+        return jax.lax.dot_general(x, table, (((x.ndim - 1,), (1,)), ((), ())), precision=self.precision)
 
 
 @jax.tree_util.register_static

@@ -60,6 +60,29 @@ def _dense_dot_bwd(num_in, precision, res, g):
 dense_dot.defvjp(_dense_dot_fwd, _dense_dot_bwd)
 
 
+def _dims(a, num_in: int) -> tuple:
+    return ((tuple(range(a.ndim - num_in, a.ndim)), tuple(range(num_in))), ((), ()))
+
+
+def _xla_dot(num_in, precision, a, b, _, preferred_element_type):
+    """The plain contraction of a's last num_in axes with b's first (TPU, GPU)."""
+    dims = _dims(a, num_in)
+    return jax.lax.dot_general(a, b, dims, precision, preferred_element_type)
+
+
+def _cpu_dot(num_in, precision, a, b, _, preferred_element_type):
+    """The same contraction shaped for XLA:CPU: dense_dot's backward, and one-row int8 products padded."""
+    if preferred_element_type is None:
+        return dense_dot(a, b, num_in, precision)
+    dims = _dims(a, num_in)
+    if preferred_element_type == jnp.int32 and a.ndim > num_in and a.size == math.prod(a.shape[-num_in:]):
+        # One row (batch-1 decode): XLA:CPU runs an int8 matrix-vector product about 7x slower than
+        # two rows (4.6 vs 0.6 ms for 256 x 32000), so add a zero row; integer sums make it exact.
+        two = jnp.concatenate([a, jnp.zeros_like(a)], axis=0)
+        return jax.lax.dot_general(two, b, dims, precision, preferred_element_type)[:1]
+    return jax.lax.dot_general(a, b, dims, precision, preferred_element_type)
+
+
 class DenseGeneral(nn.Module):
     """A dense layer over one or more input axes with a multi-axis output.
 
@@ -67,6 +90,8 @@ class DenseGeneral(nn.Module):
     Inputs are cast to `dtype`; the kernel is stored in `weight_dtype` and cast for the matmul.
     `quant` (layers/quantizations.py) quantizes the matmul; with quant.stored the kernel is int8 and a
     float32 `kernel_scale` (kernel's shape with the input axes 1) sits beside it.
+    `dot` is the backend's matmul choice (KernelPlan.dot): "cpu" runs dense_dot and pads one-row int8
+    products (both for XLA:CPU), "xla" the plain dot_general.
     """
 
     features: Sequence[int]
@@ -78,6 +103,7 @@ class DenseGeneral(nn.Module):
     use_bias: bool = False
     kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
     quant: QuantConfig = QuantConfig()
+    dot: str = "cpu"
 
     @nn.compact
     def __call__(self, x):
@@ -95,20 +121,7 @@ class DenseGeneral(nn.Module):
             x = jnp.moveaxis(x, axis, trailing)
         num_in = len(axis)
 
-        def dot(a, b, _, preferred_element_type):
-            if preferred_element_type is None:
-                return dense_dot(a, b, num_in, self.precision)
-            dims = ((tuple(range(a.ndim - num_in, a.ndim)), tuple(range(num_in))), ((), ()))
-            if (
-                preferred_element_type == jnp.int32
-                and a.ndim > num_in
-                and a.size == math.prod(a.shape[-num_in:])
-            ):
-                # One row (batch-1 decode): XLA:CPU runs an int8 matrix-vector product about 7x slower than
-                # two rows (4.6 vs 0.6 ms for 256 x 32000), so add a zero row; integer sums make it exact.
-                two = jnp.concatenate([a, jnp.zeros_like(a)], axis=0)
-                return jax.lax.dot_general(two, b, dims, self.precision, preferred_element_type)[:1]
-            return jax.lax.dot_general(a, b, dims, self.precision, preferred_element_type)
+        dot = functools.partial(_cpu_dot if self.dot == "cpu" else _xla_dot, num_in, self.precision)
 
         w_scale = None
         if self.quant.stored:
@@ -151,6 +164,7 @@ class MlpBlock(nn.Module):
     precision: jax.lax.Precision = jax.lax.Precision.DEFAULT
     use_bias: bool = False
     quant: QuantConfig = QuantConfig()
+    dot: str = "cpu"  # DenseGeneral.dot
 
     @nn.compact
     def __call__(self, x):
@@ -160,6 +174,7 @@ class MlpBlock(nn.Module):
             precision=self.precision,
             use_bias=self.use_bias,
             quant=self.quant,
+            dot=self.dot,
         )
         hidden = None
         for i, act in enumerate(self.activations):

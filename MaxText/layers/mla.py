@@ -9,12 +9,13 @@ Q q_lora_rank, R kv_lora_rank, P qk_nope_head_dim, O qk_rope_head_dim, V v_head_
     score = (q_nope . k_nope + rope(q_rope) . rope(kr)) x scale;  out = out(softmax(score) . v)
 scale is (P + O)^-0.5, times yarn_mscale(factor, mscale_all_dim)^2 under YaRN; nothing is folded into weights.
 
-Decode cache: {"latent": [B, S, R], "k_rope": [B, S, O]}, the normalised latent c and the rotated rope key
+Decode cache: a LatentCache (inference/kv_cache.py) of latent [B, S, R] and k_rope [B, S, O], the normalised latent c and the rotated rope key
 of every token, i.e. (R + O) values per token and layer instead of N x (P + O + V) for full keys and values
 (576 vs 40,960 for DeepSeek V3: 71x less memory and memory traffic per decoded token). Decoding attends in
 the latent space by absorbing wkv_b into the query and the output ("weight absorption"):
     q_nope . k_nope = (q_nope . wkv_b_k) . c,    out_v = (softmax . c) . wkv_b_v,
-so the cache is never expanded to per-head keys and values. Train and prefill expand them once (the
+so the cache is never expanded to per-head keys and values (kernels/latent.py,
+the KernelPlan's "absorbed"). Train and prefill expand them once (the
 standard attention kernels then apply, with V zero-padded to P + O when the sizes differ).
 """
 
@@ -26,22 +27,13 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from MaxText import kernels
-from MaxText.kernels.masks import MASK_VALUE, allowed
-from MaxText.layers.attention import MODES
+from MaxText.kernels.plan import KernelPlan, check_cache
+from MaxText.layers.attention import MODES, attend
 from MaxText.layers.common import constrain
 from MaxText.layers.embeddings import RopeConfig, apply_rope
 from MaxText.layers.linears import DenseGeneral
 from MaxText.layers.normalizations import RMSNorm
 from MaxText.layers.quantizations import QuantConfig, dequantize
-
-
-def write_latent_cache(cache: dict, latent, k_rope, positions) -> dict:
-    """Scatters latent [B, T, R] and k_rope [B, T, O] into cache slots `positions` [B, T]."""
-    rows = jnp.arange(latent.shape[0])[:, None]
-    return {
-        "latent": cache["latent"].at[rows, positions].set(latent.astype(cache["latent"].dtype)),
-        "k_rope": cache["k_rope"].at[rows, positions].set(k_rope.astype(cache["k_rope"].dtype)),
-    }
 
 
 class MLA(nn.Module):
@@ -57,7 +49,7 @@ class MLA(nn.Module):
     v_head_dim: int
     rope: RopeConfig
     scale: float
-    kernel: str = "dot_product"
+    plan: KernelPlan = KernelPlan()
     block_size: int = 128
     norm_epsilon: float = 1e-6
     dtype: jnp.dtype = jnp.float32
@@ -74,6 +66,7 @@ class MLA(nn.Module):
             weight_dtype=self.weight_dtype,
             precision=self.precision,
             quant=self.quant,
+            dot=self.plan.dot,
             name=name,
         )
 
@@ -102,16 +95,20 @@ class MLA(nn.Module):
         k_rope = apply_rope(kv[..., None, r:], positions, self.rope)[:, :, 0]  # [B, T, O]
         wkv_b = self._dense((n, p + v_dim), ("kv_lora", "heads", "kv"), "wkv_b")
         new_cache = None
+        if mode != "train":
+            check_cache(cache, ("latent",), "multi-head latent attention")
+            new_cache = cache.write(latent, k_rope, positions)
         if mode == "autoregressive":
-            new_cache = write_latent_cache(cache, latent, k_rope, positions)
             wkv_b(latent[:, :0])  # binds (and at init creates) the kernel; no tokens expanded
             kernel = wkv_b.variables["params"]["kernel"]
             if self.quant.stored:  # absorbed into the query in float: dequantize the stored int8 kernel
                 kernel = dequantize(kernel, wkv_b.variables["params"]["kernel_scale"], self.dtype)
-            out = self._absorbed_attention(q_nope, q_rope, kernel, new_cache, positions)
+            absorbed = kernels.LATENT_KERNELS[self.plan.decode_kernel(cache.LAYOUT, q.shape[1])]
+            out = absorbed(
+                q_nope, q_rope, kernel, new_cache.latent, new_cache.k_rope, positions, self.scale, self.precision,
+                self.dtype,
+            )  # fmt: skip
         else:
-            if mode == "prefill":
-                new_cache = write_latent_cache(cache, latent, k_rope, positions)
             kvb = checkpoint_name(wkv_b(latent), "value_proj")
             k = jnp.concatenate(
                 [kvb[..., :p], jnp.broadcast_to(k_rope[:, :, None], kvb.shape[:3] + (o,))], -1
@@ -120,37 +117,16 @@ class MLA(nn.Module):
             v = kvb[..., p:]
             if v_dim != p + o:  # the kernels take one head size: zero columns add nothing to the output
                 v = jnp.pad(v, ((0, 0), (0, 0), (0, 0), (0, p + o - v_dim)))
+            kernel = self.plan.attend_kernel(k.shape[1])
             spec = kernels.AttentionSpec(
-                kernel=self.kernel, scale=self.scale, precision=self.precision, block_size=self.block_size
-            )
+                kernel=kernel, scale=self.scale, precision=self.precision, block_size=self.block_size,
+                interpret=self.plan.interpret(kernel),
+            )  # fmt: skip
             qk = constrain(qk, ("activation_batch", "activation_length", "activation_heads", "activation_kv"))
-            out = kernels.attention(qk, k, v, positions, positions, segment_ids, segment_ids, spec)[
-                ..., :v_dim
-            ]
+            out = attend(qk, k, v, positions, segment_ids, spec)[..., :v_dim]
         out = checkpoint_name(
             constrain(out, ("activation_batch", "activation_length", "activation_heads", "activation_kv")),
             "context",
         )
         out = self._dense(x.shape[-1], ("heads", "kv", "embed"), "out", axis=(-2, -1))(out)
         return checkpoint_name(out, "out_proj"), new_cache
-
-    def _absorbed_attention(self, q_nope, q_rope, wkv_b_kernel, cache, positions):
-        """Queries [B, T, N, P] / [B, T, N, O] against the latent cache; slot j is visible to a query at
-        position p when j <= p. Scores and softmax in float32. Returns [B, T, N, V]."""
-        p = self.qk_nope_head_dim
-        w = wkv_b_kernel.astype(self.dtype)  # [R, N, P + V]
-        latent = cache["latent"].astype(self.dtype)
-        k_rope = cache["k_rope"].astype(self.dtype)
-        hp = dict(precision=self.precision, preferred_element_type=jnp.float32)
-        q_latent = jnp.einsum("btnp,rnp->btnr", q_nope, w[..., :p], **hp)
-        scores = jnp.einsum("btnr,bsr->bnts", q_latent, latent, **hp)
-        scores = scores + jnp.einsum("btno,bso->bnts", q_rope, k_rope, **hp)
-        b, s = latent.shape[:2]
-        slots = jnp.broadcast_to(jnp.arange(s, dtype=positions.dtype), (b, s))
-        ok = allowed(positions, slots, jnp.ones_like(positions), jnp.ones_like(slots), 0)[
-            :, 0
-        ]  # [B, 1, T, S]
-        probs = jax.nn.softmax(jnp.where(ok, scores * self.scale, MASK_VALUE), axis=-1)
-        out_latent = jnp.einsum("bnts,bsr->btnr", probs, latent.astype(jnp.float32), **hp)
-        out = jnp.einsum("btnr,rnv->btnv", out_latent, w[..., p:].astype(jnp.float32), **hp)
-        return out.astype(self.dtype)

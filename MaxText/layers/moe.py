@@ -278,6 +278,7 @@ class MoeBlock(nn.Module):
     weight_dtype: jnp.dtype = jnp.float32
     precision: jax.lax.Precision = jax.lax.Precision.DEFAULT
     quant: QuantConfig = QuantConfig()
+    dot: str = "cpu"  # DenseGeneral.dot of the gate and the shared experts
 
     def _expert_weights(self, d: int):
         e, f = self.routing.num_experts, self.expert_dim
@@ -330,6 +331,7 @@ class MoeBlock(nn.Module):
             dtype=jnp.float32,
             weight_dtype=self.weight_dtype,
             precision=self.precision,
+            dot=self.dot,
             name="gate",
         )
         tokens = x.reshape(b * t, d)
@@ -365,6 +367,7 @@ class MoeBlock(nn.Module):
                 weight_dtype=self.weight_dtype,
                 precision=self.precision,
                 quant=self.quant,
+                dot=self.dot,
                 name="shared_experts",
             )(x)
         return out

@@ -15,7 +15,7 @@ from MaxText.models import hf_configs as hfc
 from MaxText.models import hf_mappings
 from MaxText.models.moe_layer import MoeDecoderLayer, moe_stacks
 from MaxText.models.spec import FamilySpec, HFSpec, Traits
-from MaxText.models.transformer_layer import LLAMA_NORMS, DecoderLayer, numerics, rope_config
+from MaxText.models.transformer_layer import LLAMA_NORMS, DecoderLayer, kernel_plan, numerics, rope_config
 
 
 def mla_scale(cfg: ModelConfig) -> float:
@@ -41,7 +41,7 @@ class _LatentAttention:
             v_head_dim=cfg.v_head_dim,
             rope=rope_config(cfg, head_dim=cfg.qk_rope_head_dim),
             scale=mla_scale(cfg),
-            kernel=cfg.attention,
+            plan=kernel_plan(cfg),
             block_size=cfg.flash_block_size,
             norm_epsilon=cfg.normalization_layer_epsilon,
             name="self_attention",

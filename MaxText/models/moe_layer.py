@@ -5,7 +5,7 @@ and the stacks of MoE models: `first_num_dense_layers` dense layers ("dense_laye
 from MaxText.config.derived import ModelConfig
 from MaxText.layers.moe import MoeBlock, RoutingConfig
 from MaxText.models.spec import Stack
-from MaxText.models.transformer_layer import DecoderLayer, numerics
+from MaxText.models.transformer_layer import DecoderLayer, kernel_plan, numerics
 
 
 def routing_config(cfg: ModelConfig) -> RoutingConfig:
@@ -29,6 +29,7 @@ def moe_block(cfg: ModelConfig, name: str = "mlp") -> MoeBlock:
         num_shared_experts=cfg.num_shared_experts,
         score_correction_bias=cfg.moe_score_correction_bias,
         capacity_factor=cfg.capacity_factor,
+        dot=kernel_plan(cfg).dot,
         name=name,
         **numerics(cfg),
     )

@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from MaxText import kernels
 from MaxText.config import ConfigError
 from MaxText.config.derived import ModelConfig
 from MaxText.layers.common import constrain, dtype_of, precision_of
@@ -33,6 +34,7 @@ from MaxText.layers.quantizations import quant_config
 from MaxText.layers import remat
 from MaxText.layers.normalizations import make_norm
 from MaxText.models import registry
+from MaxText.models.transformer_layer import kernel_plan
 from MaxText.parallel import pipeline
 
 
@@ -154,6 +156,7 @@ class Decoder(nn.Module):
                 weight_dtype=wdtype,
                 precision=precision_of(cfg.matmul_precision),
                 quant=quant_config(cfg),
+                dot=kernel_plan(cfg).dot,
                 name="logits_dense",
             )(x)
         if cfg.final_logits_soft_cap > 0:
@@ -175,6 +178,7 @@ class Transformer(nn.Module):
             dtype=dtype_of(cfg.dtype),
             weight_dtype=dtype_of(cfg.weight_dtype),
             precision=precision_of(cfg.matmul_precision),
+            dot=kernel_plan(cfg).dot,
         )
         self.decoder = Decoder(cfg, self.token_embedder)
 
@@ -203,7 +207,12 @@ def stack_layers(params: dict, cfg: ModelConfig) -> dict:
     return {**params, "decoder": decoder}
 
 
-def make_model(mcfg: ModelConfig) -> Transformer:
+def make_model(mcfg: ModelConfig, target: Optional[str] = None) -> Transformer:
+    """The model for `target` (cpu | gpu | tpu: the platform of the devices it is compiled for; default this
+    process's default backend). The kernel plan is decided here, once (kernels/plan.py); a config that
+    already carries one keeps it."""
+    if mcfg.kernel_plan is None or (target is not None and mcfg.kernel_plan.target != target):
+        mcfg = mcfg.replace(kernel_plan=kernels.plan_for(mcfg.attention, target or kernels.platform_of()))
     return Transformer(mcfg)
 
 

@@ -107,13 +107,23 @@ def numerics(cfg: ModelConfig) -> dict:
     )
 
 
+def kernel_plan(cfg: ModelConfig):
+    """The model's KernelPlan (kernels/plan.py), which make_model sets once for the target."""
+    if cfg.kernel_plan is None:
+        raise ValueError(
+            "ModelConfig.kernel_plan is unset: build the model with models.transformer.make_model, which "
+            "plans the kernels for the target platform"
+        )
+    return cfg.kernel_plan
+
+
 def attention_scale(cfg: ModelConfig):
     """query_pre_attn_scalar**-0.5 when set, else None (the layer's default 1/sqrt(head_dim))."""
     return cfg.query_pre_attn_scalar**-0.5 if cfg.query_pre_attn_scalar > 0 else None
 
 
 class DecoderLayer(nn.Module):
-    """One pre-norm decoder layer (see the module docstring). Cache: {"k", "v"} for this layer, or None."""
+    """One pre-norm decoder layer (see the module docstring). Cache: this layer's K/V cache (inference/kv_cache.py), or None."""
 
     config: ModelConfig
     global_attention: bool = False
@@ -128,7 +138,7 @@ class DecoderLayer(nn.Module):
             num_kv_heads=cfg.num_kv_heads,
             head_dim=cfg.head_dim,
             rope=rope_config(cfg, self.global_attention) if self.USE_ROPE else None,
-            kernel=cfg.attention,
+            plan=kernel_plan(cfg),
             scale=attention_scale(cfg),
             sliding_window=0 if self.global_attention else cfg.sliding_window_size,
             soft_cap=cfg.attn_logits_soft_cap,
@@ -154,6 +164,7 @@ class DecoderLayer(nn.Module):
             mlp_dim=cfg.mlp_dim,
             activations=cfg.mlp_activations,
             use_bias=cfg.use_bias,
+            dot=kernel_plan(cfg).dot,
             name="mlp",
             **numerics(cfg),
         )(h)
@@ -188,7 +199,7 @@ def group_sublayers(cfg: ModelConfig) -> tuple:
 class LocalGlobalGroup(nn.Module):
     """sliding_window_pattern layers as one scanned unit: the local ones, then the global one.
 
-    Parameters live under the sublayer names of group_sublayers; the cache is {sublayer: {"k", "v"}}.
+    Parameters live under the sublayer names of group_sublayers; the cache is {sublayer: its K/V cache}.
     Subclasses set LAYER to the family's layer class.
     """
 

@@ -647,3 +647,50 @@ def assert_bit_exact(a: dict, b: dict) -> None:
         y = b[name]
         assert (x.dtype, tuple(x.shape)) == (y.dtype, tuple(y.shape)), name
         assert torch.equal(x.view(-1).view(torch.uint8), y.view(-1).view(torch.uint8)), name
+
+
+# ----------------------------- checkpointed runs (tests/checkpoint)
+
+# Builtin data (its iterator position is part of the checkpoint), tiny model, a checkpoint every step.
+CHECKPOINT_RUN = [
+    "model_name=test-tiny",
+    "vocab_size=4096",
+    "dataset_type=builtin",
+    "max_target_length=64",
+    "learning_rate_schedule_steps=6",
+    "checkpoint_period=1",
+    "log_period=1",
+    "eval_interval=0",
+    "eval_steps=1",
+    "peak_tflops_per_device=1",
+]
+CHECKPOINT_IN_PROCESS = [BASE_YML, *CHECKPOINT_RUN, "per_device_batch_size=1"]  # 8 devices
+
+
+def in_process_cfg(base, run_name, *overrides):
+    return load_config(
+        [*CHECKPOINT_IN_PROCESS, f"base_output_directory={base}", f"run_name={run_name}", *overrides]
+    )
+
+
+def step_records(run_dir) -> list:
+    """Train-step records of metrics.jsonl in file order (a resumed run appends, so steps can repeat).
+
+    A line cut short by a SIGKILL is skipped.
+    """
+    records = []
+    with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if "loss" in record:
+                records.append(record)
+    return records
+
+
+def steps_on_disk(run_dir) -> tuple:
+    """(finalized steps, names of orbax temporary directories) under the run's checkpoint directory."""
+    names = os.listdir(checkpointing.checkpoint_dir(run_dir))
+    return sorted(int(n) for n in names if n.isdigit()), sorted(n for n in names if not n.isdigit())

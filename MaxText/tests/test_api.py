@@ -59,6 +59,9 @@ def test_generate_contract(setup):
     np.testing.assert_array_equal(sampled[0], sampled[1])
     assert sampled[0].shape == (2, 10) and not np.array_equal(sampled[0], sampled[2])
     assert ((sampled[0] >= 0) & (sampled[0] < PARITY_VOCAB)).all()
+    # Row b is an engine request seeded seed + b: alone, with seed 1, row 1 gives the same tokens.
+    alone = model.generate(prompt[1:], 6, temperature=1.0, top_k=50, top_p=0.9, seed=1, eos_id=-1)
+    np.testing.assert_array_equal(alone[0], sampled[0][1])
     # Stopping: make the greedy row's third new token the EOS; after it the row holds the pad id.
     eos = int(greedy[0, 6])
     first = list(greedy[0, 4:]).index(eos)
@@ -67,8 +70,18 @@ def test_generate_contract(setup):
     assert (stopped[0, 5 + first :] == model.pad_id).all()
 
 
-def test_tokenizer_follows_the_family_default_and_overrides(setup):
+def test_one_copy_of_the_params(setup):
+    _, _, model = setup
+    model.generate(random_ids((1, 3)), 2)
+    assert "layers_0" in model.params["decoder"] and "layers" not in model.params["decoder"]  # unrolled
+    engines = model._engines.values()
+    assert engines and all(engine.params is model.params for engine in engines)
+
+
+def test_tokenizer_follows_the_prompt_rule_and_overrides(setup):
+    """BOS as the checkpoint's add_bos says (the converter recorded the tokenizer's default: BOS), no EOS."""
     root, _, model = setup
+    assert model.cfg.add_bos
     ids = model.tokenizer.encode("To be, or not")
     assert ids[0] == model.tokenizer.bos_id == 0 and model.tokenizer.decode(ids) == "To be, or not"
     assert model.tokenizer.encode("To be", add_bos=False) == ids[1:3]

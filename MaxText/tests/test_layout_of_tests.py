@@ -8,13 +8,6 @@ from MaxText import paths
 
 TESTS = os.path.join(paths.REPO_ROOT, "MaxText", "tests")
 SHARED = "MaxText.tests.helpers"
-# (importing file, module, name) allowed besides helpers. Moved by the lead after the checkpoint work lands.
-EXEMPT = {
-    ("test_checkpoint_robustness.py", "MaxText.tests.test_checkpointing", "in_process_cfg"),
-    ("test_checkpoint_robustness.py", "MaxText.tests.test_checkpointing", "step_records"),
-    ("test_checkpoint_robustness.py", "MaxText.tests.test_checkpointing", "steps_on_disk"),
-    ("test_checkpoint_robustness.py", "MaxText.tests.conftest", "BASE_YML"),
-}
 
 
 def _python_files():
@@ -53,7 +46,7 @@ def test_no_test_file_imports_another_test_file_or_conftest():
     for path in _python_files():
         rel = os.path.relpath(path, TESTS)
         for line, module, name in _tests_imports(path):
-            if module != SHARED and (rel, module, name) not in EXEMPT:
+            if module != SHARED:
                 bad.append(f"MaxText/tests/{rel}:{line} imports {module} {name}".rstrip())
     assert not bad
 

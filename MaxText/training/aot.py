@@ -317,6 +317,23 @@ def memory_report(compiled, abstract_state, shardings) -> dict:
     return out
 
 
+# Custom calls that mark a Pallas kernel in a compiled program: Triton on GPU, Mosaic on TPU.
+PALLAS_CALLS = {"gpu": "__gpu$xla.gpu.triton", "tpu": "tpu_custom_call"}
+
+
+def pallas_kernel_calls(compiled, platform: str) -> int:
+    """How many Pallas kernels (custom calls of the platform's kind) the compiled program's HLO contains."""
+    call = PALLAS_CALLS.get(platform)
+    if call is None:
+        return 0
+    return sum(text.count(f'custom_call_target="{call}"') for text in _hlo_texts(compiled))
+
+
+def _hlo_texts(compiled) -> list:
+    texts = compiled.as_text()
+    return texts if isinstance(texts, list) else [texts]
+
+
 def compiled_flops(compiled) -> float:
     """XLA's FLOP count of the compiled per-device program (0 when the backend gives none)."""
     cost = compiled.cost_analysis()

@@ -1,9 +1,15 @@
-"""Metrics out: TensorBoard scalars, an appended JSONL file and a compact step line. Process 0 only."""
+"""Metrics out: TensorBoard scalars, an appended JSONL file and a compact step line. Process 0 only.
+
+TensorBoard scalars need tensorboardX; without it a run says so in one line and writes metrics.jsonl only.
+"""
 
 import json
 import os
+import sys
 
 import jax
+
+from MaxText.config.errors import ConfigError, require
 
 
 def format_duration(seconds: float) -> str:
@@ -34,10 +40,13 @@ class MetricsWriter:
         self._jsonl = None
         if not self.enabled:
             return
-        from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-
         os.makedirs(run_dir, exist_ok=True)
-        self._tb = SummaryWriter(logdir=os.path.join(run_dir, "tensorboard"))
+        try:
+            tensorboard = require("tensorboardX", "writing TensorBoard scalars")
+        except ConfigError as e:
+            print(f"note: {e}; writing metrics.jsonl only", file=sys.stderr, flush=True)
+        else:
+            self._tb = tensorboard.SummaryWriter(logdir=os.path.join(run_dir, "tensorboard"))
         path = os.path.join(run_dir, "metrics.jsonl")
         # Held open for the run and appended to line by line; closed in close().
         self._jsonl = open(path, "a+", encoding="utf-8")  # pylint: disable=consider-using-with
@@ -52,6 +61,8 @@ class MetricsWriter:
             return
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
+        if self._tb is None:
+            return
         for key, value in record.items():
             if key != "step" and isinstance(value, (int, float)):
                 self._tb.add_scalar(key, value, record["step"])
@@ -60,4 +71,5 @@ class MetricsWriter:
     def close(self) -> None:
         if self.enabled:
             self._jsonl.close()
-            self._tb.close()
+            if self._tb is not None:
+                self._tb.close()

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding
 
 from MaxText import input_pipeline
+from MaxText import kernels
 from MaxText.config import Config, ConfigError, model_config, run_dir
 from MaxText.config.derived import global_batch_size
 from MaxText.layers import moe, remat
@@ -125,7 +126,9 @@ def build(cfg: Config, devices=None) -> Setup:
         micro, dp, pipeline.num_microbatches(cfg.num_pipeline_microbatches, stages),
     )  # fmt: skip
     moe.check_expert_parallelism(mcfg.num_experts, mesh.shape["expert"])
-    model = make_model(mcfg)
+    # The target is the platform of the devices the step compiles for (train_compile: the target's), so the
+    # kernel plan describes the program that runs there, not this host.
+    model = make_model(mcfg, kernels.platform_of(list(mesh.devices.flat)))
     tx = optimizers.make_optimizer(cfg)
     abstract_state, shardings = state_shardings(model, tx, mesh, rules)
     mesh_lib.check_params_sharded(abstract_state.params, shardings.params, mesh, cfg.sharding_tolerance)

@@ -108,6 +108,6 @@ def test_a_wrong_choice_names_the_allowed_values(base_yml):
 
 
 def test_the_attention_setting_is_what_kernel_selection_reads():
-    from MaxText.kernels import select
+    from MaxText.kernels import plan
 
-    assert set(select.ATTEND_KERNELS) | set(select.TABLE_SETTINGS) == set(choices.AttentionKernel)
+    assert set(plan.ATTEND_KERNELS) | set(plan.TABLE_SETTINGS) == set(choices.AttentionKernel)

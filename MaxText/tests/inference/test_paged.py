@@ -5,10 +5,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from MaxText.inference.kv_cache import init_cache, init_paged_cache, with_page_table, without_page_table
+from MaxText.inference.kv_cache import (
+    PagedKV,
+    init_cache,
+    init_paged_cache,
+    with_page_table,
+    without_page_table,
+)
 from MaxText.inference.page_manager import OutOfPages, PageManager
 from MaxText.kernels import AttentionSpec, dot_product_attention
-from MaxText.kernels.paged import gather_pages, paged_attention_reference, write_pages
+from MaxText.kernels.paged import gather_pages, paged_attention_reference
 from MaxText.kernels.paged_pallas import paged_attention_pallas
 from MaxText.tests.helpers import PAGE_SIZE, PAGED_B, PAGED_LENGTHS, PAGED_T, decode_ids, full_logits
 from MaxText.tests.helpers import paged_cache_for, prefill_then_decode, tiny_model
@@ -95,15 +101,14 @@ def test_paged_attention_kernels_match_dot_product(window, cap):
     rng = np.random.default_rng(0)
     b, n, kh, h = 3, 4, 2, 8
     spec = AttentionSpec(kernel="paged", scale=h**-0.5, sliding_window=window, soft_cap=cap)
-    pool = {"k": jnp.asarray(rng.normal(size=(10, PAGE_SIZE, kh, h)), jnp.float32)}
-    pool["v"] = jnp.asarray(rng.normal(size=(10, PAGE_SIZE, kh, h)), jnp.float32)
+    k_pages, v_pages = (jnp.asarray(rng.normal(size=(10, PAGE_SIZE, kh, h)), jnp.float32) for _ in "kv")
     table = jnp.asarray([[4, 2, 7], [1, 0, 0], [9, 3, 5]], jnp.int32)
     k_new = jnp.asarray(rng.normal(size=(b, 1, kh, h)), jnp.float32)
     pos = jnp.asarray([[9], [2], [11]], jnp.int32)
-    pool = write_pages(pool, k_new, k_new * 2, pos, table)
+    pool = PagedKV(k_pages, v_pages, table).write(k_new, k_new * 2, pos)
     q = jnp.asarray(rng.normal(size=(b, 1, n, h)), jnp.float32)
-    got = paged_attention_reference(q, pool["k"], pool["v"], table, pos, spec)
-    k, v = gather_pages(pool["k"], table), gather_pages(pool["v"], table)
+    got = paged_attention_reference(q, pool.k, pool.v, table, pos, spec)
+    k, v = gather_pages(pool.k, table), gather_pages(pool.v, table)
     np.testing.assert_array_equal(k[np.arange(b), pos[:, 0]], k_new[:, 0])
     np.testing.assert_array_equal(v[np.arange(b), pos[:, 0]], 2 * k_new[:, 0])
     for row in range(b):  # each row against only its own visible slots
@@ -114,5 +119,5 @@ def test_paged_attention_kernels_match_dot_product(window, cap):
             pos[row : row + 1], s, jnp.ones((1, 1), jnp.int32), jnp.ones_like(s), spec,
         )  # fmt: skip
         np.testing.assert_allclose(got[row], want[0], atol=1e-6)
-    pallas = paged_attention_pallas(q, pool["k"], pool["v"], table, pos, spec, interpret=True)
+    pallas = paged_attention_pallas(q, pool.k, pool.v, table, pos, spec, interpret=True)
     np.testing.assert_allclose(pallas, got, atol=1e-6)

@@ -10,9 +10,8 @@ import pytest
 from MaxText.config import ConfigError, load_config, model_config
 from MaxText.inference.batcher import Batcher
 from MaxText.inference.engine import Engine, EngineConfig
-from MaxText.inference.kv_cache import init_cache, init_paged_cache
+from MaxText.inference.kv_cache import QuantizedKV, init_cache, init_paged_cache
 from MaxText.inference.page_manager import PageManager
-from MaxText.layers.attention import read_cache, write_cache
 from MaxText.tests.helpers import BASE_YML, PAGE_SIZE, PAGED_B, PAGED_LENGTHS, PAGED_T, decode_ids
 from MaxText.tests.helpers import paged_cache_for, prefill_then_decode, serve_requests, tiny_model
 
@@ -31,23 +30,18 @@ def _models():
 
 def test_write_then_read_round_trips_within_half_a_step():
     k = jax.random.normal(jax.random.key(0), (2, 3, 2, 8)) * jnp.array([0.01, 5.0])[None, None, :, None]
-    cache = {  # [B, K, S, H], scales [B, K, S]
-        "k": jnp.zeros((2, 2, 6, 8), jnp.int8),
-        "v": jnp.zeros((2, 2, 6, 8), jnp.int8),
-        "k_scale": jnp.ones((2, 2, 6)),
-        "v_scale": jnp.ones((2, 2, 6)),
-    }
+    int8, scale = jnp.zeros((2, 2, 6, 8), jnp.int8), jnp.ones((2, 2, 6))  # [B, K, S, H], scales [B, K, S]
     positions = jnp.array([[0, 1, 2], [3, 4, 5]])
-    cache = write_cache(cache, k, -k, positions)
+    cache = QuantizedKV(int8, int8, scale, scale).write(k, -k, positions)
 
     def tokens(x):  # the written slots as [B, T, K, H]
         return jnp.swapaxes(x, 1, 2)[jnp.arange(2)[:, None], positions]
 
-    got = tokens(read_cache(cache, "k", jnp.float32))
+    got_k, got_v = (tokens(x) for x in cache.read(jnp.float32))
     step = jnp.max(jnp.abs(k), axis=-1, keepdims=True) / 127  # per token and head
-    assert cache["k"].dtype == jnp.int8
-    assert np.all(np.abs(got - k) <= step / 2 + 1e-7)
-    np.testing.assert_allclose(tokens(read_cache(cache, "v", jnp.float32)), -got)
+    assert cache.k.dtype == jnp.int8
+    assert np.all(np.abs(got_k - k) <= step / 2 + 1e-7)
+    np.testing.assert_allclose(got_v, -got_k)
 
 
 def test_quantized_cache_decode_within_bound_contiguous_and_paged(models):
@@ -60,7 +54,7 @@ def test_quantized_cache_decode_within_bound_contiguous_and_paged(models):
     q_last, q_steps, qcache = prefill_then_decode(
         qmodel, params, ids, lambda c: c if c is not None else init_cache(qcfg, PAGED_B, PAGED_T + 2), steps
     )
-    assert qcache["layers"]["k"].dtype == jnp.int8 and qcache["layers"]["k_scale"].shape == (
+    assert qcache["layers"].k.dtype == jnp.int8 and qcache["layers"].k_scale.shape == (
         2,
         PAGED_B,
         2,

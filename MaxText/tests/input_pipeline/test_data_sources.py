@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pytest
 
+from MaxText.config import ConfigError
 from MaxText.input_pipeline import (
     BUILTIN_TOKENIZER_PATH,
     builtin_corpus,
@@ -264,7 +265,9 @@ def test_tfrecord_tfds_without_tensorflow_says_so(tmp_path, monkeypatch):
     cfg = data_config("tfds", dataset_name=name, dataset_path=str(tmp_path))
     # A None entry makes `import tensorflow` fail, so this runs the same whether or not TensorFlow is installed.
     monkeypatch.setitem(sys.modules, "tensorflow", None)
-    with pytest.raises(DataError, match="stored as tfrecord, which needs TensorFlow"):
+    with pytest.raises(
+        ConfigError, match="stored as tfrecord needs the 'tensorflow' package, not installed; pip"
+    ):
         make_train_iterator(cfg)
 
 

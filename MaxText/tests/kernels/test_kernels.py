@@ -13,10 +13,12 @@ from MaxText import kernels
 from MaxText.config import ConfigError, load_config
 from MaxText.inference.kv_cache import init_paged_cache
 from MaxText.inference.page_manager import PageManager
-from MaxText.kernels import AttentionSpec, dot_product_attention, select
+from MaxText.kernels import AttentionSpec, dot_product_attention
+from MaxText.kernels import plan as plan_lib
 from MaxText.kernels.flash_pallas import flash_attention_pallas
 from MaxText.kernels.paged_pallas import paged_attention_pallas
 from MaxText.kernels.splash import splash_attention
+from MaxText.models.transformer import init_params_boxed, make_model
 from MaxText.tests.helpers import (
     BASE_YML,
     PAGE_SIZE,
@@ -189,54 +191,56 @@ def test_model_with_splash_equals_dot_product():
     np.testing.assert_allclose(logits["splash"], logits["dot_product"], atol=2e-5)
 
 
-def test_selection_table():
-    """The table in docs/serving.md ("Attention kernels")."""
-    attend, decode = select.attend_kernel, select.decode_kernel
-    short, long_ = select.CPU_FLASH_MIN_LENGTH - 1, select.CPU_FLASH_MIN_LENGTH
-    for name in ("dot_product", "flash", "splash"):
-        assert {attend(name, on, n) for on in ("cpu", "gpu", "tpu") for n in (short, long_)} == {name}
-    for name in ("autoselected", "paged"):
-        assert [attend(name, "cpu", short), attend(name, "cpu", long_)] == ["dot_product", "flash"]
-        assert [attend(name, "gpu", short), attend(name, "tpu", short)] == ["flash", "splash"]
-    for on in ("cpu", "gpu", "tpu"):
+def test_kernel_plan_table():
+    """The table in docs/serving.md ("Attention kernels") and kernels/plan.py."""
+    short, long_ = plan_lib.CPU_FLASH_MIN_LENGTH - 1, plan_lib.CPU_FLASH_MIN_LENGTH
+    flash = {"cpu": "flash", "gpu": "flash_pallas", "tpu": "flash"}
+    for on in plan_lib.TARGETS:
+        for name in ("dot_product", "flash", "splash"):
+            p = plan_lib.plan_for(name, on)
+            want = flash[on] if name == "flash" else name
+            assert [p.attend_kernel(short), p.attend_kernel(long_)] == [want, want]
+            assert p.decode_kernel("paged") == "paged_reference"
         for name in kernels.ATTENTION_CHOICES:
-            assert decode(name, on, paged=False) == "dot_product"
-        assert decode("paged", on, paged=True) == "paged"
-        assert decode("dot_product", on, paged=True) == "paged_reference"
-    assert [decode("autoselected", on, paged=True) for on in ("cpu", "gpu", "tpu")] == [
-        "paged", "paged", "paged_reference"
-    ]  # fmt: skip
-    assert select.platform() == "cpu"
+            p = plan_lib.plan_for(name, on)
+            assert [p.decode_kernel(layout) for layout in ("contiguous", "quantized", "latent")] == [
+                "dot_product", "dot_product", "absorbed"
+            ]  # fmt: skip
+            assert p.decode_kernel("quantized_paged") == "paged_reference"
+            assert p.decode_kernel("paged", tokens=2) == "paged_reference"
+            assert p.dot == ("cpu" if on == "cpu" else "xla") and p.target == on
+        assert plan_lib.plan_for("paged", on).decode_kernel("paged") == "paged"
+    for name in ("autoselected", "paged"):
+        cpu, gpu, tpu = (plan_lib.plan_for(name, on) for on in ("cpu", "gpu", "tpu"))
+        assert [cpu.attend_kernel(short), cpu.attend_kernel(long_)] == ["dot_product", "flash"]
+        assert [gpu.attend_kernel(short), tpu.attend_kernel(long_)] == ["flash_pallas", "splash"]
+    auto = [plan_lib.plan_for("autoselected", on).decode_kernel("paged") for on in ("cpu", "gpu", "tpu")]
+    assert auto == ["paged", "paged", "paged_reference"]
+    interpret = {
+        on: [plan_lib.plan_for("autoselected", on).interpret(k) for k in ("splash", "paged")]
+        for on in ("cpu", "gpu", "tpu")
+    }
+    assert interpret == {"cpu": [True, True], "gpu": [True, False], "tpu": [False, True]}
+    assert plan_lib.platform_of() == "cpu"
+    with pytest.raises(ValueError, match="attention kernel 'autoselected': expected one of"):
+        kernels.attention(
+            *[jnp.zeros((1, 1, 1, 4))] * 3, *[jnp.zeros((1, 1), jnp.int32)] * 4, AttentionSpec("autoselected")
+        )
 
 
-@pytest.mark.parametrize(
-    "on, attention, length, called",
-    [
-        ("cpu", "autoselected", 8, "dot_product"),
-        ("cpu", "autoselected", select.CPU_FLASH_MIN_LENGTH, "flash_blockwise"),
-        ("cpu", "flash", 8, "flash_blockwise"),
-        ("gpu", "flash", 8, "flash_pallas"),
-        ("gpu", "autoselected", 8, "flash_pallas"),
-        ("tpu", "autoselected", 8, "splash"),
-        ("tpu", "paged", 8, "splash"),
-    ],
-)
-def test_dispatch_calls_the_selected_kernel(monkeypatch, on, attention, length, called):
-    """kernels.attention runs what the table names (kernels replaced by recorders; shapes only)."""
-    seen = []
-
-    def recorder(name):
-        return lambda q, *args: seen.append(name) or q
-
-    monkeypatch.setattr(select, "platform", lambda: on)
-    monkeypatch.setattr(kernels, "flash_attention", recorder("flash_blockwise"))
-    monkeypatch.setattr(kernels, "flash_attention_pallas", recorder("flash_pallas"))
-    monkeypatch.setitem(kernels.KERNELS, "dot_product", recorder("dot_product"))
-    monkeypatch.setitem(kernels.KERNELS, "splash", recorder("splash"))
-    q, k = jnp.zeros((1, 1, 2, 4)), jnp.zeros((1, length, 1, 4))
-    pos = jnp.zeros((1, 1), jnp.int32)
-    kernels.attention(q, k, k, pos, pos, pos, pos, AttentionSpec(attention))
-    assert seen == [called]
+def test_model_layers_read_the_plan_not_the_platform(monkeypatch):
+    """make_model plans once for its target; a GPU target's model traces the Pallas flash kernel and the plain
+    dot even on this CPU host (shapes only, kernels replaced by recorders)."""
+    seen, cfg = [], tiny_model()[0]
+    for name in ("dot_product", "flash", "flash_pallas", "splash"):
+        monkeypatch.setitem(kernels.KERNELS, name, lambda q, *a, name=name: seen.append(name) or q)
+    monkeypatch.setattr(jax, "default_backend", lambda: "asked")  # nobody below make_model may ask
+    for target, want in (("gpu", "flash_pallas"), ("tpu", "splash"), ("cpu", "dot_product")):
+        model = make_model(cfg.replace(attention="autoselected"), target)
+        assert model.config.kernel_plan == plan_lib.plan_for("autoselected", target)
+        seen.clear()
+        jax.eval_shape(lambda m=model: init_params_boxed(m, jax.random.key(0)))
+        assert set(seen) == {want}, (target, seen)
 
 
 @pytest.mark.parametrize(
@@ -258,11 +262,14 @@ def test_paged_dispatch_calls_the_selected_kernel(monkeypatch, on, attention, to
         seen.append("pallas_interpret" if interpret else "pallas_compiled")
         return q
 
-    monkeypatch.setattr(select, "platform", lambda: on)
     monkeypatch.setattr(kernels, "paged_attention_pallas", pallas)
     monkeypatch.setattr(kernels, "paged_attention_reference", lambda q, *a: seen.append("reference") or q)
+    plan = plan_lib.plan_for(attention, on)
+    kernel = plan.decode_kernel("paged", tokens)
     q = jnp.zeros((1, tokens, 2, 4))
-    kernels.paged_attention(q, None, None, None, None, AttentionSpec(attention))
+    kernels.paged_attention(
+        q, None, None, None, None, AttentionSpec(kernel, interpret=plan.interpret(kernel))
+    )
     assert seen == [called]
 
 

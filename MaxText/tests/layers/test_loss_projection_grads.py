@@ -10,6 +10,7 @@ import pytest
 
 from MaxText.layers.embeddings import Embed
 from MaxText.layers.linears import DenseGeneral, dense_dot
+from MaxText.layers.quantizations import QuantConfig
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -84,3 +85,30 @@ def test_tied_logits_match_einsum_value_and_gradients():
     de_want, dx_want = jax.grad(want, argnums=(0, 1))(table, x)
     np.testing.assert_allclose(dp["params"]["embedding"], de_want, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(dx, dx_want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("quant", ["", "int8"])
+def test_cpu_dot_is_only_a_cpu_arrangement_of_the_plain_dot(quant):
+    """DenseGeneral and Embed.attend under dot="cpu" (dense_dot, one-row int8 padding: the CPU backend's
+    choice) equal dot="xla" (what the TPU and GPU plans run), and only the CPU arrangement has the custom VJP
+    and the padding in its program."""
+    x = jax.random.normal(jax.random.key(9), (1, 1, 6), jnp.float32)  # one row: the padded int8 case
+    out = {}
+    for dot in ("cpu", "xla"):
+        layer = DenseGeneral(5, precision=HIGHEST, quant=QuantConfig(quant), dot=dot)
+        params = nn.unbox(layer.init(jax.random.key(10), x))
+
+        def loss(p, a, layer=layer):
+            return jnp.sum(layer.apply(p, a) ** 2)
+
+        out[dot] = (layer.apply(params, x), jax.grad(loss)(params, x)["params"]["kernel"])
+        forward = str(jax.make_jaxpr(layer.apply)(params, x))
+        assert ("_dense_dot_bwd" in forward) == (dot == "cpu" and not quant), (dot, quant)
+        if quant == "int8":
+            assert ("concatenate" in forward) == (dot == "cpu")
+    np.testing.assert_array_equal(out["cpu"][0], out["xla"][0])
+    np.testing.assert_allclose(out["cpu"][1], out["xla"][1], rtol=1e-6, atol=1e-6)
+    embed = {dot: Embed(num_embeddings=11, features=6, precision=HIGHEST, dot=dot) for dot in ("cpu", "xla")}
+    params = nn.unbox(embed["cpu"].init(jax.random.key(7), jnp.zeros((1, 1), jnp.int32)))
+    got = {d: e.apply(params, x, method=Embed.attend) for d, e in embed.items()}
+    np.testing.assert_allclose(got["cpu"], got["xla"], rtol=1e-6, atol=1e-6)

@@ -240,3 +240,22 @@ def test_gpu_fit_follows_the_memory_fraction_and_a_saved_gpu_step_is_refused_her
     assert "does not fit a h100 device's 19.9 GiB usable (XLA_PYTHON_CLIENT_MEM_FRACTION=0.25" in out.stderr
     with pytest.raises(ConfigError, match=r"compiled for .*'platform': 'gpu', 'device_kind': 'NVIDIA H100"):
         run_steps(["per_device_batch_size=4", "max_target_length=8192", f"compiled_trainstep_file={path}"], 8)
+
+
+@pytest.mark.parametrize(
+    "topology, aside, kernel, call",
+    [("h100-8", _cuda_plugin_path, "flash_pallas", "__gpu$xla.gpu.triton"), ("v4-8", _libtpu_path, "splash", "tpu_custom_call")],
+)  # fmt: skip
+def test_aot_step_compiles_the_target_kernels(topology, aside, kernel, call):
+    """The kernel plan follows the target, not this CPU host: the GPU step holds Triton flash attention and the
+    TPU step Mosaic splash attention (run per shard under shard_map), counted in the compiled HLO."""
+    out = train_compile(
+        [f"compile_topology={topology}", *TINY, "attention=autoselected", "per_device_batch_size=1",
+         "max_target_length=256"],
+        aside(),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    line = re.search(r"kernels for (\w+): attention (\w+), dot (\w+), (\d+) Pallas kernel", out.stdout)
+    assert line, out.stdout
+    assert line.groups()[:3] == ("gpu" if topology.startswith("h100") else "tpu", kernel, "xla"), out.stdout
+    assert int(line.group(4)) >= 2, (call, out.stdout)  # the forward and the backward kernels

@@ -24,8 +24,7 @@ from MaxText.checkpoint.config_overlay import load_config_from_checkpoint
 from MaxText.checkpoint.integrity import CorruptCheckpoint
 from MaxText.checkpoint.safetensors_io import SafetensorsReader, ShardedWriter
 from MaxText.config import ConfigError
-from MaxText.tests.helpers import BASE_YML
-from MaxText.tests.test_checkpointing import in_process_cfg, step_records, steps_on_disk
+from MaxText.tests.helpers import BASE_YML, in_process_cfg, step_records, steps_on_disk
 from MaxText.training import trainer
 
 GARBAGE = b"\xff\xfe\x00garbage\x80"

@@ -23,49 +23,14 @@ import orbax.checkpoint as ocp
 import pytest
 
 from MaxText import input_pipeline, paths
-from MaxText.config import ConfigError, load_config
+from MaxText.config import ConfigError
 from MaxText.parallel import mesh as mesh_lib
-from MaxText.tests.helpers import BASE_YML
+from MaxText.tests.helpers import CHECKPOINT_RUN, in_process_cfg, step_records, steps_on_disk
 from MaxText.checkpoint import checkpointing
 from MaxText.training import trainer
 from MaxText.training.train_state import init_state
 
-# Builtin data (its iterator position is part of the checkpoint), tiny model, a checkpoint every step.
-RUN = [
-    "model_name=test-tiny",
-    "vocab_size=4096",
-    "dataset_type=builtin",
-    "max_target_length=64",
-    "learning_rate_schedule_steps=6",
-    "checkpoint_period=1",
-    "log_period=1",
-    "eval_interval=0",
-    "eval_steps=1",
-    "peak_tflops_per_device=1",
-]
-IN_PROCESS = [BASE_YML, *RUN, "per_device_batch_size=1"]  # 8 devices
-SUBPROCESS = ["configs/base.yml", *RUN, "per_device_batch_size=8"]  # 1 device
-
-
-def in_process_cfg(base, run_name, *overrides):
-    return load_config([*IN_PROCESS, f"base_output_directory={base}", f"run_name={run_name}", *overrides])
-
-
-def step_records(run_dir) -> list:
-    """Train-step records of metrics.jsonl in file order (a resumed run appends, so steps can repeat).
-
-    A line cut short by a SIGKILL is skipped.
-    """
-    records = []
-    with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if "loss" in record:
-                records.append(record)
-    return records
+SUBPROCESS = ["configs/base.yml", *CHECKPOINT_RUN, "per_device_batch_size=8"]  # 1 device
 
 
 def restore(cfg, run_dir, step):
@@ -83,12 +48,6 @@ def restore(cfg, run_dir, step):
 def read_item(step_dir, item):
     """A JSON item (data_iter, meta) of a step directory, read without building a mesh."""
     return ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(os.path.join(step_dir, item))
-
-
-def steps_on_disk(run_dir) -> tuple:
-    """(finalized steps, names of orbax temporary directories) under the run's checkpoint directory."""
-    names = os.listdir(checkpointing.checkpoint_dir(run_dir))
-    return sorted(int(n) for n in names if n.isdigit()), sorted(n for n in names if not n.isdigit())
 
 
 def assert_trees_equal(a, b):
