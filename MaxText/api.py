@@ -32,7 +32,7 @@ from MaxText import paths
 from MaxText.config import Config, load_config
 from MaxText.checkpoint.config_overlay import saved_model_keys
 from MaxText.inference.batcher import Batcher, Request
-from MaxText.inference.engine import Engine, EngineConfig, SamplingParams
+from MaxText.inference.engine import DECODE_LAYOUT, Engine, EngineConfig, SamplingParams
 from MaxText.inference.prompt import PromptTokenizer
 from MaxText.inference.session import abstract_params
 from MaxText.parallel import mesh as mesh_lib
@@ -77,14 +77,14 @@ def _source_token_ids(meta: dict) -> dict:
 class Model:
     """A loaded model: parameters on a mesh, its config, tokenizer and compiled forward/generate functions.
 
-    The layers run unrolled (cfg.scan_layers false, no remat: the layout the Engine decodes with, whose
+    The layers run unrolled (engine.DECODE_LAYOUT: the layout the Engine decodes with, whose
     scanned decode step ran ~2x slower on CPU), whatever layout the checkpoint holds; it loads straight into
     that layout (a bit-exact reshuffle), so `params` is the only copy and logits() and generate() share it.
     The unrolled forward pass equals the scanned one up to XLA's float rounding (bitwise for the Llama and
     Gemma 2 test models on CPU; Qwen 3's within 2e-7)."""
 
     def __init__(self, cfg: Config, path: str, devices=None, add_bos=None, add_eos=None, temp_dir=None):
-        cfg = cfg.replace(scan_layers=False, remat_policy="none")
+        cfg = cfg.replace(**DECODE_LAYOUT)
         self.cfg, self.path = cfg, path
         # A temporary conversion of a Hugging Face directory lives as long as the model.
         self._cleanup = weakref.finalize(self, shutil.rmtree, temp_dir, True) if temp_dir else None

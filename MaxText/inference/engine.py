@@ -111,16 +111,19 @@ def request_keys(seeds, steps):
     return jax.vmap(lambda s, i: jax.random.fold_in(jax.random.key(s), i))(seeds, steps)
 
 
+# Decode runs the layers unrolled: on CPU a scanned decode step slices every layer's weights out of the
+# stacked arrays each step and ran ~2x slower. Same weights (a bit-exact reshuffle) and the same cache layout,
+# so this changes nothing but speed. A Config or a ModelConfig takes it: cfg.replace(**DECODE_LAYOUT).
+DECODE_LAYOUT = {"scan_layers": False, "remat_policy": "none"}
+
+
 class Engine:
     """Compiled prefill / insert / generate / release over one model. State is a pytree the caller threads
     through (donated on every call); the host-side PageManager tracks which pages each slot holds."""
 
     def __init__(self, model, params, config: EngineConfig):
-        if model.config.scan_layers:
-            # Decode runs the layers unrolled: on CPU a scanned decode step slices every layer's weights out
-            # of the stacked arrays each step and ran ~2x slower. Same weights (a bit-exact reshuffle) and
-            # the same cache layout, so this changes nothing but speed.
-            unscanned = model.config.replace(scan_layers=False, remat_policy="none")
+        if model.config.scan_layers:  # DECODE_LAYOUT
+            unscanned = model.config.replace(**DECODE_LAYOUT)
             model, params = make_model(unscanned), unstack_layers(params, model.config)
         self.model, self.params, self.config = model, params, config
         self.pages = (
