@@ -197,9 +197,6 @@ class LatentCache:
             k_rope=self.k_rope.at[rows, positions].set(k_rope.astype(self.k_rope.dtype)),
         )
 
-    def tokens(self) -> dict:
-        return {"latent": self.latent, "k_rope": self.k_rope}
-
 
 CACHE_TYPES = (ContiguousKV, QuantizedKV, PagedKV, QuantizedPagedKV, LatentCache)
 

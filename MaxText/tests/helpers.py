@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,7 +25,7 @@ from MaxText.inference.batcher import Request
 from MaxText.inference.generate import decode_step, prefill
 from MaxText.inference.kv_cache import init_cache, with_page_table, without_page_table
 from MaxText.input_pipeline import BUILTIN_TOKENIZER_PATH, DataConfig, load_tokenizer, writers
-from MaxText.models.transformer import dummy_inputs, make_model
+from MaxText.models.transformer import dummy_inputs, init_params_boxed, make_model
 from MaxText.parallel import mesh as mesh_lib
 from MaxText.training import trainer
 from MaxText.training.train_state import init_state
@@ -245,6 +246,16 @@ def write_run_dir(tmp_path, ckpt, scan_layers: bool) -> str:
         ckpt_mgr.save(step, state, {"step": step}, meta)
     ckpt_mgr.close()
     return str(run)
+
+
+def save_random_params(directory: str, cfg, step: int = 1, seed: int = 0) -> str:
+    """Saves cfg's model with random weights as checkpoint `step` of `directory` (params only, the run's
+    config in meta, as a training run's step holds them); returns the step directory."""
+    params = nn.unbox(init_params_boxed(make_model(model_config(cfg)), jax.random.key(seed)))
+    ckpt = checkpointing.Checkpointer(directory, 1, False)
+    ckpt.save(step, {"params": params}, {}, {"config": checkpointing.config_dict(cfg)})
+    ckpt.close()
+    return os.path.join(directory, str(step))
 
 
 # --------------------------------------------------------------------------------- small datasets (no network)

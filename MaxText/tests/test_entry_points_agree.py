@@ -2,20 +2,16 @@
 stack: the same prompt text encodes to the same ids (one PromptTokenizer, one BOS/EOS rule) and gives the
 same greedy tokens on all three."""
 
-import flax.linen as nn
-import jax
 import pytest
 from fastapi.testclient import TestClient
 
 from MaxText import api
-from MaxText.checkpoint import checkpointing
 from MaxText.checkpoint.config_overlay import load_config_from_checkpoint
-from MaxText.config import load_config, model_config
+from MaxText.config import load_config
 from MaxText.inference import prompt, server
 from MaxText.inference.chat import ChatTemplate
 from MaxText.inference.session import DecodeSession
-from MaxText.models.transformer import init_params_boxed, make_model
-from MaxText.tests.helpers import BASE_YML
+from MaxText.tests.helpers import BASE_YML, save_random_params
 
 MODEL = [
     "base_emb_dim=64", "base_mlp_dim=128", "base_num_query_heads=2", "base_num_kv_heads=2", "head_dim=32",
@@ -31,12 +27,7 @@ PROMPTS = ["ROMEO:", "To be, or not"]
 def _ckpt(tmp_path_factory):
     """A random tiny model saved like a training run's step (built-in SentencePiece tokenizer)."""
     root = tmp_path_factory.mktemp("paths")
-    cfg = load_config([BASE_YML, *MODEL])
-    params = nn.unbox(init_params_boxed(make_model(model_config(cfg)), jax.random.key(0)))
-    writer = checkpointing.Checkpointer(str(root / "ckpt"), 1, False)
-    writer.save(1, {"params": params}, {}, {"config": checkpointing.config_dict(cfg)})
-    writer.close()
-    return str(root / "ckpt" / "1")
+    return save_random_params(str(root / "ckpt"), load_config([BASE_YML, *MODEL]))
 
 
 def _session(ckpt, *argv) -> DecodeSession:

@@ -1,19 +1,15 @@
 """`MaxText.convert quantize` writes int8 kernels + scales; decoding that checkpoint by path alone generates
 what quantizing the float checkpoint on the fly generates (the MaxText.decode / MaxText.serve path)."""
 
-import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from MaxText import convert, decode
-from MaxText.config import ConfigError, load_config, model_config
+from MaxText.config import ConfigError, load_config
 from MaxText.checkpoint.config_overlay import load_config_from_checkpoint
 from MaxText.inference.session import DecodeSession
-from MaxText.tests.helpers import BASE_YML
-from MaxText.checkpoint import checkpointing
-from MaxText.models.transformer import init_params_boxed, make_model
+from MaxText.tests.helpers import BASE_YML, save_random_params
 
 MODEL = ["base_emb_dim=64", "base_mlp_dim=128", "base_num_query_heads=2", "base_num_kv_heads=2", "head_dim=32",
          "base_num_decoder_layers=2"]  # fmt: skip
@@ -25,12 +21,8 @@ DECODE = ["max_target_length=32", "max_prefill_predict_length=16", "max_decode_s
 def _checkpoints(tmp_path_factory):
     """(float checkpoint, its int8w conversion): a random tiny model saved like a training run's."""
     root = tmp_path_factory.mktemp("quant_ckpt")
-    cfg = load_config([BASE_YML, *MODEL])
-    params = nn.unbox(init_params_boxed(make_model(model_config(cfg)), jax.random.key(0)))
-    ckpt = checkpointing.Checkpointer(str(root / "float"), 1, False)
-    ckpt.save(1, {"params": params}, {}, {"config": checkpointing.config_dict(cfg)})
-    ckpt.close()
-    src, dst = str(root / "float" / "1"), str(root / "int8w")
+    src = save_random_params(str(root / "float"), load_config([BASE_YML, *MODEL]))
+    dst = str(root / "int8w")
     args = [f"load_parameters_path={src}", f"save_quantized_params_path={dst}", "quantization=int8w"]
     assert convert.main(["quantize", BASE_YML, *args]) == 0
     return src, dst

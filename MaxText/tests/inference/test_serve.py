@@ -12,17 +12,14 @@ import subprocess
 import sys
 import time
 
-import flax.linen as nn
 import httpx
-import jax
 import pytest
 
 from MaxText import paths
-from MaxText.config import load_config, model_config
+from MaxText.config import load_config
 from MaxText.serve import model_id
-from MaxText.tests.helpers import BASE_YML
+from MaxText.tests.helpers import BASE_YML, save_random_params
 from MaxText.checkpoint import checkpointing
-from MaxText.models.transformer import init_params_boxed, make_model
 
 pytestmark = pytest.mark.slow
 
@@ -46,11 +43,7 @@ def _free_port() -> int:
 def _server(tmp_path_factory):
     """Saves a random tiny model's checkpoint and serves it; yields (base url, process). Stops it after."""
     run = tmp_path_factory.mktemp("serve") / "tinyrun"
-    cfg = load_config([BASE_YML, *MODEL])
-    params = nn.unbox(init_params_boxed(make_model(model_config(cfg)), jax.random.key(0)))
-    ckpt = checkpointing.Checkpointer(checkpointing.checkpoint_dir(str(run)), 1, False)
-    ckpt.save(3, {"params": params}, {}, {"config": checkpointing.config_dict(cfg)})
-    ckpt.close()
+    save_random_params(checkpointing.checkpoint_dir(str(run)), load_config([BASE_YML, *MODEL]), step=3)
     port = _free_port()
     env = dict(os.environ, PYTHONPATH=paths.REPO_ROOT, XLA_FLAGS="")  # one CPU device
     cmd = [sys.executable, "-m", "MaxText.serve", BASE_YML, f"load_parameters_path={run}/checkpoints/3",
