@@ -290,6 +290,21 @@ def _load_params_from(step_dir: str, abstract_params):
     return layer_layout.to_target(params, restacks, abstract_params) if restacks else params
 
 
+def restore_params_only(step_dir: str, abstract_params) -> tuple:
+    """(params, data iterator state, meta) of one step, leaving its optimizer state unread (a resume with
+    reset_optimizer_state=true). CorruptCheckpoint when the step is damaged."""
+    params = _load_params_from(step_dir, abstract_params)
+    try:
+        data_state = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
+            os.path.join(step_dir, "data_iter")
+        )
+    except FileNotFoundError:
+        raise CorruptCheckpoint(f"checkpoint {step_dir}: no data_iter item") from None
+    if not isinstance(data_state, dict):
+        raise CorruptCheckpoint(f"checkpoint {step_dir}/data_iter: expected a JSON object")
+    return params, data_state, _read_meta_from(step_dir)
+
+
 def load_params(path: str, abstract_params):
     """Restores only the parameters of a checkpoint (any step directory layout above).
 
@@ -307,6 +322,11 @@ def _read_meta_from(step_dir: str) -> dict:
     except FileNotFoundError:
         raise CorruptCheckpoint(f"checkpoint {step_dir}: no meta item (meta/metadata)") from None
     return _checked_meta(meta, step_dir)
+
+
+def read_step_meta(step_dir: str) -> dict:
+    """The meta item of one step directory; CorruptCheckpoint when it is damaged."""
+    return _read_meta_from(step_dir)
 
 
 def read_meta(path: str) -> dict:

@@ -80,6 +80,31 @@ class DatasetType(enum.StrEnum):
     TFDS = "tfds"
 
 
+class OptType(enum.StrEnum):
+    """The `opt_type` setting (MaxText's names); training/optimizers.py has one builder per member."""
+
+    ADAMW = "adamw"
+    ADAM_PAX = "adam_pax"
+    MUON = "muon"
+    LION = "lion"
+    ADAFACTOR = "adafactor"
+    SGD = "sgd"
+
+
+class LrScheduleType(enum.StrEnum):
+    COSINE = "cosine"
+    WSD = "wsd"
+    LINEAR = "linear"
+    CONSTANT = "constant"
+    INVERSE_SQRT = "inverse_sqrt"
+
+
+class WsdDecayStyle(enum.StrEnum):
+    LINEAR = "linear"
+    COSINE = "cosine"
+    ONE_MINUS_SQRT = "1-sqrt"
+
+
 class PackingType(enum.StrEnum):
     FIRST_FIT = "first_fit"
     CONCAT = "concat"

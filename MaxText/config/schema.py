@@ -20,8 +20,10 @@ from MaxText.config.choices import (
     GroupScore,
     KVCacheKind,
     KVQuantDType,
+    LrScheduleType,
     MeshAxis,
     NormType,
+    OptType,
     PackingType,
     Precision,
     Profiler,
@@ -31,6 +33,7 @@ from MaxText.config.choices import (
     RopeType,
     SamplingStrategy,
     ScoreFunc,
+    WsdDecayStyle,
 )
 
 
@@ -168,14 +171,39 @@ class Config:  # pylint: disable=too-many-instance-attributes
     per_device_batch_size: float = _training(8.0, "Rows per device per optimizer step (fractions allowed when the product is whole).", gt=0)
     max_target_length: int = _training(256, "Sequence length T.", gt=1)
     learning_rate: float = _training(0.003, "Peak learning rate.", ge=0)
+    lr_schedule_type: str = _training("cosine", "Decay after the linear warm-up: cosine, wsd (warmup-stable-decay), linear, constant or inverse_sqrt (docs/optimizers.md).", choices=LrScheduleType)
     warmup_steps_fraction: float = _training(0.05, "Fraction of the schedule spent in linear warmup.", ge=0, le=1)
-    cosine_learning_rate_final_fraction: float = _training(0.1, "Final learning rate as a fraction of the peak (cosine decay).", ge=0, le=1)
+    learning_rate_final_fraction: float = _training(0.1, "Final learning rate as a fraction of the peak, for every decaying schedule (inverse_sqrt: its floor).", ge=0, le=1)
+    cosine_learning_rate_final_fraction: float = _training(-1.0, "Older name of learning_rate_final_fraction; -1 = not set.", ge=-1, le=1)
     learning_rate_schedule_steps: int = _training(-1, "Length of the schedule; -1 = steps.", ge=-1)
+    wsd_decay_steps_fraction: float = _training(0.1, "wsd: fraction of the schedule spent decaying, at its end.", ge=0, le=1)
+    wsd_decay_style: str = _training("linear", "wsd: shape of the decay: linear, cosine or 1-sqrt.", choices=WsdDecayStyle)
+    opt_type: str = _training("adamw", "Optimizer: adamw, adam_pax, muon, lion, adafactor or sgd (docs/optimizers.md).", choices=OptType)
     adam_b1: float = _training(0.9, "AdamW beta1.", ge=0, le=1)
     adam_b2: float = _training(0.95, "AdamW beta2.", ge=0, le=1)
     adam_eps: float = _training(1e-08, "AdamW epsilon.", ge=0)
     adam_eps_root: float = _training(0.0, "AdamW epsilon inside the square root.", ge=0)
-    adam_weight_decay: float = _training(0.1, "Decoupled weight decay (not applied to norms, biases or embeddings' scale params).", ge=0)
+    adam_weight_decay: float = _training(0.1, "Decoupled weight decay of adamw and adam_pax (and of muon's AdamW part); never on norms or biases.", ge=0)
+    muon_beta: float = _training(0.95, "muon: momentum decay.", ge=0, le=1)
+    muon_nesterov: bool = _training(True, "muon: Nesterov momentum.")
+    muon_ns_steps: int = _training(5, "muon: Newton-Schulz iterations.", gt=0)
+    muon_weight_decay: float = _training(0.0, "muon: decoupled weight decay of the orthogonalised matrices (times the learning rate).", ge=0)
+    muon_consistent_rms: float = _training(0.2, "muon: scale updates to this RMS (x sqrt(max(fan_in, fan_out)), so AdamW's learning rate carries over); 0 = the shape rule sqrt(max(1, fan_out / fan_in)).", ge=0)
+    lion_b1: float = _training(0.9, "lion: interpolation of the update's sign.", ge=0, le=1)
+    lion_b2: float = _training(0.99, "lion: momentum decay.", ge=0, le=1)
+    lion_weight_decay: float = _training(0.1, "lion: decoupled weight decay (times the learning rate).", ge=0)
+    adafactor_factored: bool = _training(True, "adafactor: factored second moment (rows x columns) for matrices with both dims >= 128.")
+    adafactor_decay_rate: float = _training(0.8, "adafactor: second-moment decay exponent (decay = 1 - step^-rate).", gt=0)
+    adafactor_clipping_threshold: float = _training(1.0, "adafactor: clip each update's RMS to this; 0 = off.", ge=0)
+    adafactor_multiply_by_parameter_scale: bool = _training(False, "adafactor: scale updates by each parameter's RMS.")
+    adafactor_relative_step: bool = _training(False, "adafactor: use the relative step min(1e-2, 1/sqrt(step)) instead of learning_rate and its schedule.")
+    sgd_momentum: float = _training(0.0, "sgd: momentum; 0 = none (no optimizer state).", ge=0, le=1)
+    sgd_nesterov: bool = _training(False, "sgd: Nesterov momentum.")
+    optimizer_groups: list = _training([], "Per-parameter optimizers: a list of {pattern, opt_type, lr_multiplier, weight_decay, frozen}; the first glob matching a parameter path (as the checkpoint names it, e.g. decoder/*/self_attention/*) wins.")
+    skip_step_on_spikes: bool = _training(False, "Skip the update when the loss or grad norm exceeds skip_step_spike_factor x its mean over the last skip_step_interval steps.")
+    skip_step_interval: int = _training(128, "Steps in the running mean of skip_step_on_spikes (it starts skipping once half are in).", gt=1)
+    skip_step_spike_factor: float = _training(2.0, "A loss or grad norm this many times its running mean is a spike.", gt=1)
+    ema_decay: float = _training(0.0, "Keep an exponential moving average of the weights with this decay (used for eval and export); 0 = off.", ge=0, le=0.9999)
     gradient_clipping_threshold: float = _training(1.0, "Global-norm gradient clipping; 0 = off.", ge=0)
     gradient_accumulation_steps: int = _training(1, "Microbatches per optimizer step (the batch is split, gradients summed).", gt=0)
     z_loss_multiplier: float = _training(0.0, "Weight of the z-loss (mean squared log-partition) added to the loss.", ge=0)
@@ -199,6 +227,7 @@ class Config:  # pylint: disable=too-many-instance-attributes
     async_checkpointing: bool = _checkpointing(True, "Write checkpoints in the background while training continues.")
     max_num_checkpoints_to_keep: int = _checkpointing(3, "Keep the newest N checkpoints; 0 = keep all.", ge=0)
     load_parameters_path: str = _checkpointing("", "Start from the parameters of this checkpoint (params only; fresh optimizer).")
+    reset_optimizer_state: bool = _checkpointing(False, "Resume a run whose optimizer settings changed (opt_type, optimizer_groups, clipping, EMA, spike skipping) with its parameters, step and data position and a fresh optimizer state.")
 
     # Profiling.
     profiler: str = _profiling('', '"" = off, or "xplane" (trace for TensorBoard\'s profile plugin).', choices=Profiler)

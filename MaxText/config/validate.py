@@ -3,7 +3,7 @@
 import yaml
 
 from MaxText.config.errors import ConfigError, suggest
-from MaxText.config.choices import STORED_QUANTIZATION, Activation
+from MaxText.config.choices import STORED_QUANTIZATION, Activation, OptType
 from MaxText.config.schema import MESH_AXES, REMAT_TENSORS, SETTINGS, Config
 
 
@@ -156,6 +156,41 @@ def _check_remat(cfg: Config) -> None:
         )
 
 
+_GROUP_FIELDS = {
+    "pattern": str,
+    "opt_type": str,
+    "lr_multiplier": float,
+    "weight_decay": float,
+    "frozen": bool,
+}
+
+
+def _check_optimizer_groups(cfg: Config) -> None:
+    """Each optimizer_groups entry: a mapping of known fields with values of their type."""
+    for i, entry in enumerate(cfg.optimizer_groups):
+        where = f"optimizer_groups[{i}]"
+        _require(
+            isinstance(entry, dict),
+            f"{where}={entry!r}: expected a mapping such as {{pattern: '*norm*', frozen: true}}",
+        )
+        for field, value in entry.items():
+            _require(
+                field in _GROUP_FIELDS,
+                f"{where}.{field}: unknown field; expected {', '.join(_GROUP_FIELDS)}"
+                + suggest(str(field), list(_GROUP_FIELDS)),
+            )
+            entry[field] = _CONVERTERS[_GROUP_FIELDS[field]](value, f"{where}.{field}={value!r}")
+        _require(bool(entry.get("pattern")), f"{where}: needs a pattern (a glob over parameter paths)")
+        kinds = [k.value for k in OptType]
+        kind = entry.get("opt_type", cfg.opt_type)
+        _require(
+            kind in kinds,
+            f"{where}.opt_type={kind!r}: expected one of {', '.join(kinds)}" + suggest(kind, kinds),
+        )
+        for field in ("lr_multiplier", "weight_decay"):
+            _require(entry.get(field, 0.0) >= 0, f"{where}.{field}={entry.get(field)}: expected a value >= 0")
+
+
 def check_cross_field(cfg: Config) -> None:
     """Rules that involve several keys. Device-dependent rules live in parallel/mesh.py."""
     if not _FAMILY_RULES:
@@ -187,6 +222,7 @@ def check_cross_field(cfg: Config) -> None:
     _check_attention(cfg)
     _check_quantization(cfg)
     _check_remat(cfg)
+    _check_optimizer_groups(cfg)
     axes = list(MESH_AXES)
     _require(
         sorted(cfg.mesh_axes) == sorted(axes),

@@ -90,3 +90,33 @@ def test_strategy_throughput_fast_mode_writes_relative_figures(tmp_path):
     # Against the whole host's peak (8 devices x the configured 1 TFLOP/s) whatever the row uses.
     assert abs(data["host_mfu"] - data["mfu"]) < 1e-12 and abs(single["host_mfu"] - single["mfu"] / 8) < 1e-12
     assert "| data | data 8 |" in proc.stdout
+
+
+@pytest.mark.slow
+def test_optimizer_compare_writes_json_and_plot(tmp_path):
+    out = tmp_path / "optimizers.json"
+    script = os.path.join(paths.REPO_ROOT, "benchmarks", "optimizer_compare.py")
+    cmd = [
+        sys.executable,
+        script,
+        "--quick",
+        "--optimizers",
+        "muon,sgd",
+        "--lr",
+        "sgd=0.1",
+        "--steps",
+        "6",
+        "--out",
+        str(out),
+    ]
+    proc = _run(cmd, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert [x["optimizer"] for x in r["results"]] == ["muon", "sgd"]
+    muon, sgd = r["results"]
+    assert sgd["opt_state_bytes"] == 0 < muon["opt_state_bytes"]  # sgd without momentum keeps no state
+    assert all(
+        x["final_step"] == 6 and x["eval_bits_per_byte"] > 0 and len(x["loss_curve"]) == 6
+        for x in r["results"]
+    )
+    assert os.path.isfile(out.with_suffix(".png")) and "| muon |" in proc.stdout

@@ -18,9 +18,39 @@ class TrainState:
     opt_state: optax.OptState
 
 
+def _fitting_boxes(tree, params):
+    """Optimizer state built by tree-mapping over the boxed params keeps each param's logical axes, which fit
+    a state leaf only of that param's shape: others (Adafactor's factored row and column moments and its
+    placeholders) are unboxed, i.e. replicated."""
+
+    def is_box(x):
+        return isinstance(x, nn.LogicallyPartitioned)
+
+    shaped = {(b.names, jnp.shape(b.value)) for b in jax.tree.leaves(params, is_leaf=is_box) if is_box(b)}
+
+    def fit(x):
+        return x if not is_box(x) or (x.names, jnp.shape(x.value)) in shaped else x.value
+
+    return jax.tree.map(fit, tree, is_leaf=is_box)
+
+
 def _init_state_boxed(model, tx, rng):
     params = init_params_boxed(model, rng)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, opt_state=_fitting_boxes(tx.init(params), params)
+    )
+
+
+def param_axes(model: Transformer) -> dict:
+    """{parameter path (decoder/layers/mlp/wo/kernel): its logical axis names}, from shapes only."""
+    from MaxText.training.optimizers import path_name  # pylint: disable=import-outside-toplevel
+
+    boxed = jax.eval_shape(lambda: init_params_boxed(model, jax.random.key(0)))
+    specs = nn.get_partition_spec(boxed)
+    flat = jax.tree_util.tree_flatten_with_path(
+        specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)
+    )
+    return {path_name(path): tuple(spec) for path, spec in flat[0]}
 
 
 def state_shardings(model: Transformer, tx, mesh, rules):

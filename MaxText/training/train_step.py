@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from MaxText.training.opt_wrappers import SkipState, find_state
 from MaxText.training.loss import cross_entropy_sums, moe_load_balance_loss
 from MaxText.training.train_state import TrainState
 
@@ -65,25 +66,31 @@ def _grads_and_sums(model, params, batch, rng, z_loss, accumulation_steps, lb_we
 
 
 def train_step(
-    model, tx, schedule, z_loss, accumulation_steps, seed, state: TrainState, batch, *, lb_weight: float = 0.0
-):
+    model, tx, schedule, z_loss, accumulation_steps, seed, state: TrainState, batch, *, lb_weight: float = 0.0,
+    spike_stats: bool = False,
+):  # fmt: skip
     """One optimizer step. Returns the new state and scalar metrics (loss is the mean over target tokens,
-    including lb_weight x the MoE load-balance loss, which MoE models also report as moe_lb_loss)."""
+    including lb_weight x the MoE load-balance loss, which MoE models also report as moe_lb_loss).
+    spike_stats: tx skips spikes (optimizers.skip_step_on_spikes) and takes loss= and grad_norm=."""
     rng = jax.random.fold_in(jax.random.key(seed), state.step)
     grads, sums = _grads_and_sums(model, state.params, batch, rng, z_loss, accumulation_steps, lb_weight)
     tokens = jnp.maximum(sums["tokens"], 1.0)
     grads = jax.tree.map(lambda g, p: (g / tokens).astype(p.dtype), grads, state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    grad_norm = optax.tree.norm(grads)
+    extra = {"loss": sums["loss"] / tokens, "grad_norm": grad_norm} if spike_stats else {}
+    updates, opt_state = tx.update(grads, state.opt_state, state.params, **extra)
     params = optax.apply_updates(state.params, updates)
     metrics = {
         "loss": sums["loss"] / tokens,
         "z_loss": sums["z_loss"] / tokens,
-        "grad_norm": optax.tree.norm(grads),
+        "grad_norm": grad_norm,
         "lr": schedule(state.step),
         "tokens": sums["tokens"],
     }
     if "moe_lb_loss" in sums:
         metrics["moe_lb_loss"] = sums["moe_lb_loss"] / tokens
+    if spike_stats:
+        metrics["skipped_steps"] = find_state(opt_state, SkipState).skipped
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 

@@ -13,10 +13,12 @@ import math
 import os
 import signal
 import time
+from typing import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import optax
 from jax.sharding import Mesh, NamedSharding
 
 from MaxText import input_pipeline
@@ -28,10 +30,10 @@ from MaxText.models import registry
 from MaxText.parallel import distributed, pipeline
 from MaxText.parallel import mesh as mesh_lib
 from MaxText.checkpoint import checkpointing, layer_layout
-from MaxText.training import aot, flops, optimizers
+from MaxText.training import aot, flops, opt_wrappers, optimizers, schedules
 from MaxText.training.metrics import MetricsWriter, format_duration, step_line
 from MaxText.models.transformer import make_model
-from MaxText.training.train_state import TrainState, init_state, param_count, state_shardings
+from MaxText.training.train_state import TrainState, init_state, param_axes, param_count, state_shardings
 from MaxText.training.train_step import eval_step, train_step
 
 EXIT_NON_FINITE = 3
@@ -55,8 +57,9 @@ class Setup:  # pylint: disable=too-many-instance-attributes
     mesh: Mesh
     rules: tuple
     model: nn.Module
-    tx: object
-    schedule: object
+    tx: optax.GradientTransformation
+    schedule: Callable  # step count -> learning rate
+    param_axes: dict  # {parameter path: logical axis names}: what the optimizer groups are chosen by
     abstract_state: TrainState
     shardings: TrainState  # the same tree, with a NamedSharding per leaf
     batch_sharding: NamedSharding
@@ -129,7 +132,8 @@ def build(cfg: Config, devices=None) -> Setup:
     # The target is the platform of the devices the step compiles for (train_compile: the target's), so the
     # kernel plan describes the program that runs there, not this host.
     model = make_model(mcfg, kernels.platform_of(list(mesh.devices.flat)))
-    tx = optimizers.make_optimizer(cfg)
+    axes = param_axes(model)
+    tx = optimizers.make_optimizer(cfg, axes)
     abstract_state, shardings = state_shardings(model, tx, mesh, rules)
     mesh_lib.check_params_sharded(abstract_state.params, shardings.params, mesh, cfg.sharding_tolerance)
     peak, source = flops.peak_tflops_per_device(cfg.peak_tflops_per_device, mesh.devices.flat[0].device_kind)
@@ -139,7 +143,8 @@ def build(cfg: Config, devices=None) -> Setup:
         rules=rules,
         model=model,
         tx=tx,
-        schedule=optimizers.learning_rate_schedule(cfg),
+        schedule=schedules.learning_rate_schedule(cfg),
+        param_axes=axes,
         abstract_state=abstract_state,
         shardings=shardings,
         batch_sharding=mesh_lib.logical_sharding(mesh, rules, ("activation_batch", "activation_length")),
@@ -156,7 +161,7 @@ def jit_train_step(s: Setup):
     cfg = s.cfg
     step_fn = functools.partial(
         train_step, s.model, s.tx, s.schedule, cfg.z_loss_multiplier, cfg.gradient_accumulation_steps,
-        cfg.init_weights_seed, lb_weight=cfg.load_balance_loss_weight,
+        cfg.init_weights_seed, lb_weight=cfg.load_balance_loss_weight, spike_stats=cfg.skip_step_on_spikes,
     )  # fmt: skip
     return jax.jit(
         step_fn,
@@ -258,11 +263,15 @@ class _Profiler:
     A run that ends inside the window (last step, SIGTERM, non-finite loss) still writes what it traced.
     """
 
-    def __init__(self, cfg: Config, logdir: str):
+    def __init__(self, cfg: Config, logdir: str, quiesce=None):
         self.cfg, self.logdir, self.active, self.first = cfg, logdir, False, 0
+        # Waits for checkpoint writes in flight: starting or stopping a trace while orbax's writer threads
+        # run has crashed the process (a segfault in CI, as jax-ml/jax#40260 and marin#5509 report on GPU).
+        self.quiesce = quiesce or (lambda: None)
 
     def before_step(self, step: int) -> None:
         if self.cfg.profiler == "xplane" and step == self.cfg.skip_first_n_steps_for_profiler:
+            self.quiesce()
             jax.profiler.start_trace(self.logdir)
             self.active, self.first = True, step
 
@@ -274,16 +283,41 @@ class _Profiler:
         if not self.active:
             return
         jax.block_until_ready(state)
+        self.quiesce()
         jax.profiler.stop_trace()
         self.active = False
         log(f"profile of {step - self.first} steps written under {self.logdir}")
 
 
+def _optimizer_changes(s: Setup, meta: dict) -> list:
+    """The settings that shape the optimizer state and differ from the checkpoint's: [(key, then, now)]."""
+    then = optimizers.state_signature(meta.get("config", {}))
+    now = optimizers.state_signature(checkpointing.config_dict(s.cfg))
+    return [(key, then[key], value) for key, value in now.items() if then[key] != value]
+
+
 def _restore_step(s: Setup, ckpt, target, step: int) -> tuple:
     """(state, data iterator state, meta) of checkpoint `step`; CorruptCheckpoint when it is damaged."""
+    step_dir = os.path.join(ckpt.directory, str(step))
+    changes = _optimizer_changes(s, checkpointing.read_step_meta(step_dir))
+    if changes and not s.cfg.reset_optimizer_state:
+        key, then, now = changes[0]
+        raise ConfigError(
+            f"{key}: step {step} of run {s.cfg.run_name!r} was trained with {then!r}, this config has {now!r}, "
+            "so its optimizer state does not fit; set reset_optimizer_state=true to keep its parameters and "
+            "step with a fresh optimizer state"
+        )
+    if changes:  # reset_optimizer_state=true: the parameters, step and data position, a fresh optimizer
+        params, data_state, meta = checkpointing.restore_params_only(step_dir, target.params)
+        opt_state = jax.jit(s.tx.init, out_shardings=s.shardings.opt_state)(params)
+        step_array = jax.device_put(jnp.asarray(step, jnp.int32), s.shardings.step)
+        log(
+            f"reset_optimizer_state=true: step {step}'s parameters with a fresh {s.cfg.opt_type} optimizer state"
+        )
+        return TrainState(step=step_array, params=params, opt_state=opt_state), data_state, meta
     # A run resumed with the other scan_layers setting: restore in the stored layout, then restack the
     # params and the optimizer state that mirrors them (bit-exact); later saves use the new layout.
-    restacks = checkpointing.layout_plan(os.path.join(ckpt.directory, str(step)), target.params)
+    restacks = checkpointing.layout_plan(step_dir, target.params)
     source = layer_layout.stored_state_abstract(target, restacks) if restacks else target
     state, data_state, meta = ckpt.restore(step, source)
     if restacks:
@@ -341,6 +375,8 @@ def _step_record(s: Setup, step: int, metrics: dict, seconds_per_step: float, to
         "tflops_per_device": tflops,
         "mfu": tflops / s.peak_tflops,
         **({"moe_lb_loss": float(metrics["moe_lb_loss"])} if "moe_lb_loss" in metrics else {}),
+        **({"z_loss": float(metrics["z_loss"])} if s.cfg.z_loss_multiplier > 0 else {}),
+        **({"skipped_steps": int(metrics["skipped_steps"])} if "skipped_steps" in metrics else {}),
     }
 
 
@@ -392,7 +428,7 @@ class _Run:  # pylint: disable=too-many-instance-attributes
         """Logs eval loss (and bits per byte) every eval_interval steps and at the last step."""
         if not ((self.cfg.eval_interval and self.step % self.cfg.eval_interval == 0) or last):
             return
-        result = {"step": self.step, **self.evaluator(self.p_eval, self.state.params)}
+        result = {"step": self.step, **self.evaluator(self.p_eval, opt_wrappers.eval_params(self.state))}
         self.target_reached = (
             0 < self.cfg.target_eval_loss and result["eval_loss"] <= self.cfg.target_eval_loss
         )
@@ -457,7 +493,7 @@ def train(cfg: Config, devices=None) -> int:
             checkpointing.checkpoint_dir(directory), cfg.max_num_checkpoints_to_keep, cfg.async_checkpointing
         )
     writer = MetricsWriter(directory)
-    profiler = _Profiler(cfg, f"{directory}/tensorboard")
+    profiler = _Profiler(cfg, f"{directory}/tensorboard", ckpt.wait if ckpt else None)
     stop = _StopFlag()
     meta = {"config": checkpointing.config_dict(cfg), "tokenizer": tokenizer_id}
     try:
@@ -469,6 +505,9 @@ def train(cfg: Config, devices=None) -> int:
                 f"{cfg.max_target_length} tokens | {s.flops_per_step / 1e12:.3f} TFLOP/step | "
                 f"peak {s.peak_tflops:.3f} TFLOP/s/dev ({s.peak_source})"
             )
+            if cfg.opt_type != "adamw" or cfg.optimizer_groups:
+                for line in optimizers.describe(cfg, s.abstract_state.params, s.param_axes):
+                    log(line)
             if int(state.step) >= cfg.steps:
                 log(
                     f"run {cfg.run_name!r} already trained to step {int(state.step)} (steps={cfg.steps}); nothing to do"
@@ -513,6 +552,7 @@ def train(cfg: Config, devices=None) -> int:
     finally:
         stop.restore()
         if profiler.active:  # stopped early by an error: still write the trace
+            profiler.quiesce()
             jax.profiler.stop_trace()
         if ckpt:
             ckpt.close()

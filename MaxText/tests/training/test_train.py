@@ -13,7 +13,7 @@ from MaxText.config import ConfigError, load_config, model_config
 from MaxText.models.transformer import stack_layers, unstack_layers
 from MaxText.parallel import mesh as mesh_lib
 from MaxText.tests.helpers import BASE_YML, TINY, run_steps
-from MaxText.training import flops, optimizers, trainer
+from MaxText.training import flops, optimizers, schedules, trainer
 from MaxText.training.metrics import MetricsWriter
 from MaxText.training.train_state import init_state
 from MaxText.training.train_step import _grads_and_sums
@@ -112,7 +112,7 @@ def test_weight_decay_mask_and_schedule():
         "dense": {"bias": False},
     }
     cfg = load_config([BASE_YML, "steps=100", "warmup_steps_fraction=0.1", "learning_rate=1.0"])
-    sched = optimizers.learning_rate_schedule(cfg)
+    sched = schedules.learning_rate_schedule(cfg)
     assert float(sched(0)) == 0.0 and float(sched(5)) == pytest.approx(0.5)
     assert float(sched(10)) == pytest.approx(1.0) and float(sched(100)) == pytest.approx(0.1)
 
