@@ -91,7 +91,7 @@ class Model:
         self.mesh = mesh_lib.make_mesh(cfg, _devices_for(cfg, devices))
         self.rules = mesh_lib.axis_rules(cfg)
         self.module, target = abstract_params(cfg, self.mesh, self.rules)
-        self.params = checkpointing.load_params(path, target)
+        self.params = checkpointing.load_params(path, target, ema=cfg.load_ema_params)
         self.tokenizer = None
         if cfg.tokenizer_path and os.path.isfile(cfg.tokenizer_path):
             self.tokenizer = PromptTokenizer.from_config(cfg, add_bos, add_eos)

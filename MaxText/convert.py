@@ -2,13 +2,15 @@
 
   python3 -m MaxText.convert hf_to_maxtext --input HF_DIR --output DIR [--dtype bfloat16] [--overwrite]
   python3 -m MaxText.convert maxtext_to_hf --input DIR --output HF_DIR [--step N] [--dtype D] [--max-shard-size 5GB]
+      [--raw-params]
   python3 -m MaxText.convert quantize configs/base.yml load_parameters_path=DIR save_quantized_params_path=OUT \
       quantization=int8w|int8
 
 hf_to_maxtext reads config.json, the safetensors files (one or sharded) and the tokenizer files of HF_DIR and
 writes a checkpoint directory that `load_parameters_path=DIR` (train, decode) and `MaxText.api.load(DIR)` take
 by path alone. maxtext_to_hf takes such a directory or a run directory (its latest checkpoint, or --step) and
-writes a directory transformers loads. Weights are only transposed, reshaped and stacked, so a round trip is
+writes a directory transformers loads (of a run that kept an EMA of the weights, ema_decay > 0, the EMA
+unless --raw-params). Weights are only transposed, reshaped and stacked, so a round trip is
 bit-exact. Exit codes: 0 done, 2 unsupported model, missing tensor or bad arguments (one line on stderr).
 """
 
@@ -65,6 +67,11 @@ def parser() -> argparse.ArgumentParser:
         "--max-shard-size", default="5GB", help="split safetensors files above this size (5GB)"
     )
     to_hf.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --output")
+    to_hf.add_argument(
+        "--raw-params",
+        action="store_true",
+        help="export the raw parameters of a run that kept an EMA of the weights (default: the EMA)",
+    )
     quant = sub.add_parser(
         "quantize", help="float checkpoint -> int8 kernels + scales (conversion/quantize.py)"
     )
@@ -99,6 +106,7 @@ def main(argv) -> int:
             dtype=args.dtype,
             max_shard_bytes=parse_size(args.max_shard_size),
             overwrite=args.overwrite,
+            ema=not args.raw_params,
         )
     return 0
 

@@ -26,7 +26,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from MaxText.checkpoint import integrity, layer_layout
+from MaxText.checkpoint import integrity, layer_layout, orbax_io
 from MaxText.checkpoint.integrity import CorruptCheckpoint
 from MaxText.config.errors import ConfigError
 
@@ -93,8 +93,7 @@ class Checkpointer:
                 ),
             )
         meta = _checked_meta(out.meta, step_dir)
-        if not isinstance(out.data_iter, dict):
-            raise CorruptCheckpoint(f"checkpoint {step_dir}/data_iter: expected a JSON object")
+        _checked_data_iter(out.data_iter, step_dir)
         integrity.verify(out.state, meta.get("checksums"), f"checkpoint {step_dir}/state")
         return out.state, out.data_iter, meta
 
@@ -175,6 +174,12 @@ def _checked_meta(meta, step_dir: str) -> dict:
             f"checkpoint {step_dir}/meta: records step {meta['step']!r}, expected {int(name)}"
         )
     return meta
+
+
+def _checked_data_iter(data_state, step_dir: str) -> dict:
+    if not isinstance(data_state, dict):
+        raise CorruptCheckpoint(f"checkpoint {step_dir}/data_iter: expected a JSON object")
+    return data_state
 
 
 def gather_from_processes(item) -> list:
@@ -272,22 +277,57 @@ def layout_plan(step_dir: str, abstract_params) -> list:
     return layer_layout.plan(stored["decoder"], abstract_params["decoder"])
 
 
-def _load_params_from(step_dir: str, abstract_params):
+def _nested(path: tuple, value) -> dict:
+    """{path[0]: {path[1]: ... value}}: a subtree at `path`, keyed as orbax and the checksums name it."""
+    for key in reversed(path):
+        value = {key: value}
+    return value
+
+
+def _restore_item(stored, prefix: tuple, subtree):
+    """The restore template of one subtree: `subtree` at `prefix`, orbax's PLACEHOLDER (not read) at every
+    other stored leaf (a partial restore cannot skip list elements)."""
+
+    def build(node, path):
+        if path == prefix:
+            return subtree
+        if isinstance(node, dict):
+            return {k: build(v, path + (k,)) for k, v in node.items()}
+        if isinstance(node, (list, tuple)):
+            return [build(v, path + (str(i),)) for i, v in enumerate(node)]
+        return ocp.PLACEHOLDER
+
+    return build(stored, ())
+
+
+def _load_params_from(step_dir: str, abstract_params, ema: bool = False):
     restacks = layout_plan(step_dir, abstract_params)
     source = layer_layout.stored_abstract(abstract_params, restacks) if restacks else abstract_params
     state_dir = os.path.join(step_dir, "state")
     restore_args = ocp.checkpoint_utils.construct_restore_args(source)
+    stored = orbax_io.tree_metadata(state_dir).tree if ema else None
+    prefix = orbax_io.ema_prefix(stored) if ema else None
     with integrity.orbax_reads(state_dir, step_dir):
-        restored = ocp.PyTreeCheckpointer().restore(
-            state_dir,
-            args=ocp.args.PyTreeRestore(
+        if prefix is None:
+            prefix = ("params",)
+            args = ocp.args.PyTreeRestore(
                 item={"params": source}, restore_args={"params": restore_args}, partial_restore=True
-            ),
-        )
+            )
+        else:  # the EMA of the weights the run kept (ema_decay), where its optimizer state holds it
+            item = _restore_item(stored, prefix, source)
+            args = ocp.args.PyTreeRestore(
+                item=item,
+                restore_args=_restore_item(
+                    jax.tree.map(lambda _: ocp.RestoreArgs(), item), prefix, restore_args
+                ),
+            )
+            _warn(f"{step_dir}: reading the EMA of the weights its run kept (ema_decay), not the raw params")
+        restored = ocp.PyTreeCheckpointer().restore(state_dir, args=args)
+    for key in prefix:
+        restored = restored[int(key) if isinstance(restored, list) else key]
     meta = _read_meta_from(step_dir) if os.path.isdir(os.path.join(step_dir, "meta")) else {}
-    integrity.verify({"params": restored["params"]}, meta.get("checksums"), f"checkpoint {state_dir}")
-    params = restored["params"]
-    return layer_layout.to_target(params, restacks, abstract_params) if restacks else params
+    integrity.verify(_nested(prefix, restored), meta.get("checksums"), f"checkpoint {state_dir}")
+    return layer_layout.to_target(restored, restacks, abstract_params) if restacks else restored
 
 
 def restore_params_only(step_dir: str, abstract_params) -> tuple:
@@ -300,19 +340,18 @@ def restore_params_only(step_dir: str, abstract_params) -> tuple:
         )
     except FileNotFoundError:
         raise CorruptCheckpoint(f"checkpoint {step_dir}: no data_iter item") from None
-    if not isinstance(data_state, dict):
-        raise CorruptCheckpoint(f"checkpoint {step_dir}/data_iter: expected a JSON object")
-    return params, data_state, _read_meta_from(step_dir)
+    return params, _checked_data_iter(data_state, step_dir), _read_meta_from(step_dir)
 
 
-def load_params(path: str, abstract_params):
+def load_params(path: str, abstract_params, ema: bool = False):
     """Restores only the parameters of a checkpoint (any step directory layout above).
 
-    abstract_params carries target shardings. Optimizer state in the checkpoint is not read. A checkpoint
+    abstract_params carries target shardings. Optimizer state in the checkpoint is not read, except with
+    `ema` the EMA of the weights when the run kept one (ema_decay > 0; config key load_ema_params). A checkpoint
     written with the other scan_layers setting is converted to the target layout (bit-exact). Of a run,
     the newest step that restores; CorruptCheckpoint when none does or the step directory given is damaged.
     """
-    return _newest_readable(path, lambda step_dir: _load_params_from(step_dir, abstract_params))
+    return _newest_readable(path, lambda step_dir: _load_params_from(step_dir, abstract_params, ema))
 
 
 def _read_meta_from(step_dir: str) -> dict:

@@ -106,13 +106,42 @@ def map_leaves(fn, tree):
     return fn(tree)
 
 
+def tree_metadata(state_dir: str):
+    """The stored tree of an orbax PyTree checkpoint: dicts (NamedTuples by field name), lists (tuples) and
+    orbax's array metadata at the leaves. Reads metadata only; CorruptCheckpoint when it is damaged."""
+    state_dir = os.path.abspath(state_dir)
+    integrity.check_state_files(state_dir)
+    with integrity.orbax_reads(state_dir, os.path.dirname(state_dir)):
+        return ocp.PyTreeCheckpointer().metadata(state_dir).item_metadata
+
+
+def children(node) -> list:
+    """(key, child) pairs of a stored tree's dict or list node (list keys as strings, as orbax names them)."""
+    if isinstance(node, dict):
+        return list(node.items())
+    if isinstance(node, (list, tuple)):
+        return [(str(i), v) for i, v in enumerate(node)]
+    return []
+
+
+def ema_prefix(tree) -> Optional[tuple]:
+    """The path at which a stored train state's optimizer state keeps the EMA of the weights (ema_decay:
+    training/opt_wrappers.EmaParamsState, a node named `ema` holding the params' tree), or None."""
+    params = tree.get("params") if isinstance(tree, dict) else None
+
+    def find(node, path):
+        if isinstance(node, dict) and path[-1] == "ema" and params and set(node) == set(params):
+            return path
+        return next((hit for k, v in children(node) if (hit := find(v, path + (k,)))), None)
+
+    return find(tree.get("opt_state"), ("opt_state",)) if params else None
+
+
 def leaf_metadata(state_dir: str) -> dict:
     """{path tuple: LeafInfo} of every array in an orbax PyTree checkpoint (reads metadata only), with the
     fingerprints the step's meta records. CorruptCheckpoint when the metadata is damaged."""
     state_dir = os.path.abspath(state_dir)
-    integrity.check_state_files(state_dir)
-    with integrity.orbax_reads(state_dir, os.path.dirname(state_dir)):
-        metadata = ocp.PyTreeCheckpointer().metadata(state_dir).item_metadata
+    metadata = tree_metadata(state_dir)
     meta_file = os.path.join(os.path.dirname(state_dir), "meta", "metadata")
     sums = (
         integrity.read_json(meta_file, f"checkpoint {meta_file}").get("checksums")
@@ -124,12 +153,11 @@ def leaf_metadata(state_dir: str) -> dict:
     out = {}
 
     def walk(node, prefix):
-        if isinstance(node, dict):
-            for k, v in node.items():
-                walk(v, prefix + (k,))
-        elif hasattr(node, "shape"):
+        if hasattr(node, "shape"):
             checksum = sums.get("/".join(str(k) for k in prefix))
             out[prefix] = LeafInfo(node.name, tuple(node.shape), np.dtype(node.dtype), use_zarr3, checksum)
+        for k, v in children(node):
+            walk(v, prefix + (k,))
 
     walk(metadata.tree, ())
     return out

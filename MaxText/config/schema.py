@@ -227,6 +227,7 @@ class Config:  # pylint: disable=too-many-instance-attributes
     async_checkpointing: bool = _checkpointing(True, "Write checkpoints in the background while training continues.")
     max_num_checkpoints_to_keep: int = _checkpointing(3, "Keep the newest N checkpoints; 0 = keep all.", ge=0)
     load_parameters_path: str = _checkpointing("", "Start from the parameters of this checkpoint (params only; fresh optimizer).")
+    load_ema_params: bool = _checkpointing(True, "Of a checkpoint whose run kept an EMA of the weights (ema_decay > 0), decode, serve, quantize and load_parameters_path read the EMA; false reads the raw parameters.")
     reset_optimizer_state: bool = _checkpointing(False, "Resume a run whose optimizer settings changed (opt_type, optimizer_groups, clipping, EMA, spike skipping) with its parameters, step and data position and a fresh optimizer state.")
 
     # Profiling.

@@ -115,12 +115,20 @@ def export(
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
     overwrite: bool = False,
     log=print,
+    ema: bool = True,
 ) -> list:
-    """Writes the Hugging Face model of a MaxText checkpoint into `output`. Returns the files written."""
+    """Writes the Hugging Face model of a MaxText checkpoint into `output`. Returns the files written.
+    With `ema`, a run that kept an EMA of the weights (ema_decay > 0) exports the EMA."""
     src, output = step_dir(input_path, step), os.path.abspath(output)
     keys, cfg, scanned, meta = model_keys(src)
     state = os.path.join(src, "state")
     leaves = orbax_io.leaf_metadata(state)
+    prefix = orbax_io.ema_prefix(orbax_io.tree_metadata(state).tree) if ema else None
+    if prefix:  # the EMA's leaves stand in for the params' (same tree under the prefix)
+        leaves = {("params",) + k[len(prefix) :]: v for k, v in leaves.items() if k[: len(prefix)] == prefix}
+        log(
+            f"{src}: exporting the EMA of the weights its run kept (ema_decay); --raw-params for the raw ones"
+        )
     maps = hf_mappings.tensor_maps(keys["decoder_block"], cfg)
     sources = [_leaf_paths(leaves, m, scanned) for m in maps]
     target = DTYPES[dtype] if dtype else None

@@ -39,7 +39,7 @@ def quantize_checkpoint(argv, log=print) -> str:
     mesh, rules = mesh_lib.make_mesh(cfg), mesh_lib.axis_rules(cfg)
     _, source = abstract_params(cfg, mesh, rules)
     _, target = abstract_params(cfg.replace(checkpoint_is_quantized=True), mesh, rules)
-    params = checkpointing.load_params(path, source)
+    params = checkpointing.load_params(path, source, ema=cfg.load_ema_params)
     shardings = jax.tree.map(lambda a: a.sharding, target)
     quantized = jax.jit(lambda p: quantize_params(p, target), out_shardings=shardings)(params)
     meta = checkpointing.read_meta(path)

@@ -10,6 +10,7 @@ import functools
 import json
 import os
 import shutil
+import subprocess
 
 import flax.linen as nn
 import jax
@@ -83,6 +84,14 @@ def fork_run(base, source: str, step: int, run_name: str) -> None:
         os.path.join(base, source, "checkpoints", str(step)),
         os.path.join(base, run_name, "checkpoints", str(step)),
     )
+
+
+def run_benchmark(cmd: list, timeout: int) -> subprocess.CompletedProcess:
+    """Runs a benchmark script from the repo root on one CPU device (env_without_device_count); bounded."""
+    return subprocess.run(
+        cmd, cwd=paths.REPO_ROOT, env=env_without_device_count(), capture_output=True, text=True,
+        timeout=timeout, check=False,
+    )  # fmt: skip
 
 
 def env_without_device_count():

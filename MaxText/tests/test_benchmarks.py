@@ -2,28 +2,14 @@
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 
 from MaxText import paths
-from MaxText.tests.helpers import env_without_device_count
+from MaxText.tests.helpers import run_benchmark
 
 SCRIPT = os.path.join(paths.REPO_ROOT, "benchmarks", "train_throughput.py")
-
-
-def _run(cmd, timeout: int):
-    """Runs a benchmark script from the repo root on one CPU device; bounded in time."""
-    return subprocess.run(
-        cmd,
-        cwd=paths.REPO_ROOT,
-        env=env_without_device_count(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 @pytest.mark.slow
@@ -34,7 +20,7 @@ def test_train_throughput_writes_json(tmp_path):
         "dataset_type=synthetic", "peak_tflops_per_device=0.5", "--steps", "2", "--warmup", "1",
         "--out", str(out),
     ]  # fmt: skip
-    proc = _run(cmd, timeout=120)
+    proc = run_benchmark(cmd, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "tokens/s" in proc.stdout and "MFU" in proc.stdout
     r = json.loads(out.read_text())
@@ -54,7 +40,7 @@ def test_train_throughput_writes_json(tmp_path):
 
 def test_train_throughput_rejects_unknown_key(tmp_path):
     cmd = [sys.executable, SCRIPT, "no_such_key=1", "--out", str(tmp_path / "x.json")]
-    proc = _run(cmd, timeout=60)
+    proc = run_benchmark(cmd, timeout=60)
     assert proc.returncode == 2
     assert "no_such_key" in proc.stderr
     assert not (tmp_path / "x.json").exists()
@@ -65,7 +51,7 @@ def test_moe_throughput_writes_json(tmp_path):
     script = os.path.join(paths.REPO_ROOT, "benchmarks", "moe_throughput.py")
     cmd = [sys.executable, script, "--tokens", "64", "--dim", "16", "--expert-dim", "32", "--experts", "4",
            "--repeats", "1", "--out", str(out)]  # fmt: skip
-    proc = _run(cmd, timeout=120)
+    proc = run_benchmark(cmd, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(out.read_text())
     assert set(r["results"]) == {"dropless", "capacity", "dense_loop"}
@@ -78,7 +64,7 @@ def test_strategy_throughput_fast_mode_writes_relative_figures(tmp_path):
     script = os.path.join(paths.REPO_ROOT, "benchmarks", "strategy_throughput.py")
     cmd = [sys.executable, script, "--fast", "--strategies", "data", "peak_tflops_per_device=1",
            "--out", str(out)]  # fmt: skip
-    proc = _run(cmd, timeout=240)
+    proc = run_benchmark(cmd, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(out.read_text())
     assert list(r["rows"]) == ["single", "data"]  # the baseline is measured with the row it anchors
@@ -109,7 +95,7 @@ def test_optimizer_compare_writes_json_and_plot(tmp_path):
         "--out",
         str(out),
     ]
-    proc = _run(cmd, timeout=300)
+    proc = run_benchmark(cmd, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(out.read_text())
     assert [x["optimizer"] for x in r["results"]] == ["muon", "sgd"]

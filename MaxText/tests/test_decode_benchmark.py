@@ -4,13 +4,12 @@ DecodeSession and the server on one model and finds the same greedy tokens on al
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 
 from MaxText import paths
-from MaxText.tests.helpers import env_without_device_count
+from MaxText.tests.helpers import run_benchmark
 
 SCRIPT = os.path.join(paths.REPO_ROOT, "benchmarks", "decode_throughput.py")
 PATHS_SCRIPT = os.path.join(paths.REPO_ROOT, "benchmarks", "decode_paths.py")
@@ -24,10 +23,7 @@ def test_decode_throughput_writes_json(tmp_path):
         "logits_via_embedding=false", "--batches", "2", "--quant", ",int8w", "--prompt", "8", "--new", "6", "--repeats", "1",
         "--out", str(out),
     ]  # fmt: skip
-    proc = subprocess.run(
-        cmd, cwd=paths.REPO_ROOT, env=env_without_device_count(), capture_output=True, text=True,
-        timeout=300, check=False,
-    )  # fmt: skip
+    proc = run_benchmark(cmd, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(out.read_text())
     assert [(row["quantization"], row["cache"], row["batch"]) for row in r["maxtext"]] == [
@@ -48,10 +44,7 @@ def test_decode_throughput_writes_json(tmp_path):
 def test_decode_paths_writes_json(tmp_path):
     out = tmp_path / "paths.json"
     cmd = [sys.executable, PATHS_SCRIPT, "--quick", "base_num_decoder_layers=2", "--out", str(out)]
-    proc = subprocess.run(
-        cmd, cwd=paths.REPO_ROOT, env=env_without_device_count(), capture_output=True, text=True,
-        timeout=300, check=False,
-    )  # fmt: skip
+    proc = run_benchmark(cmd, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(out.read_text())
     assert r["tree"] == paths.REPO_ROOT and r["maxtext_module"] == os.path.join(paths.REPO_ROOT, "MaxText")

@@ -28,9 +28,7 @@ def scale_by_adam_pax(b1: float, b2: float, eps: float, eps_root: float) -> opta
 
     def init(params):
         zeros = jax.tree.map(jnp.zeros_like, params)
-        return optax.ScaleByAdamState(
-            count=jnp.zeros([], jnp.int32), mu=zeros, nu=jax.tree.map(jnp.zeros_like, params)
-        )
+        return optax.ScaleByAdamState(count=jnp.zeros([], jnp.int32), mu=zeros, nu=zeros)
 
     def update(updates, state, params=None):
         del params
@@ -163,6 +161,7 @@ def find_state(opt_state, kind):
 
 
 def eval_params(state):
-    """The weights to evaluate and export: the EMA when ema_decay keeps one, else the parameters."""
+    """The weights eval runs on: the EMA when ema_decay keeps one, else the parameters. (Readers of a saved
+    checkpoint find the EMA through checkpointing.load_params(ema=True) and maxtext_to_hf.export.)"""
     ema = find_state(state.opt_state, EmaParamsState)
     return state.params if ema is None else ema.ema

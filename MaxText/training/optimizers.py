@@ -30,7 +30,6 @@ from MaxText.training import opt_wrappers, schedules
 _NO_DECAY = ("scale", "bias", "score_correction_bias")
 # Logical axes that index independent matrices: stacked (scanned) layers and MoE experts.
 _BATCH_AXES = ("layers", "exp")
-GROUP_FIELDS = ("pattern", "opt_type", "lr_multiplier", "weight_decay", "frozen")
 
 
 def path_name(path) -> str:
@@ -43,9 +42,13 @@ def per_param(fn, tree):
     return jax.tree_util.tree_map_with_path(fn, tree, is_leaf=lambda x: isinstance(x, meta.AxisMetadata))
 
 
+def _norm_or_bias(path: str) -> bool:
+    return path.rsplit("/", maxsplit=1)[-1] in _NO_DECAY
+
+
 def decay_mask(params):
     """True for parameters that take weight decay (matrices and embeddings; not norms or biases)."""
-    return per_param(lambda path, _: path_name(path).rsplit("/", maxsplit=1)[-1] not in _NO_DECAY, params)
+    return per_param(lambda path, _: not _norm_or_bias(path_name(path)), params)
 
 
 def muon_dimension_numbers(axes: tuple) -> Optional[contrib.MuonDimensionNumbers]:
@@ -96,7 +99,7 @@ def _muon_split(group: Group, path: str, axes: tuple) -> Group:
     AdamW; a group that chose muon must hold matrices."""
     if group.opt_type != "muon" or group.frozen:
         return group
-    matrix = muon_dimension_numbers(axes) is not None and path.split("/")[-1] not in _NO_DECAY
+    matrix = muon_dimension_numbers(axes) is not None and not _norm_or_bias(path)
     if group.chosen:
         if not matrix:
             raise ConfigError(

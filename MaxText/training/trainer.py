@@ -33,7 +33,14 @@ from MaxText.checkpoint import checkpointing, layer_layout
 from MaxText.training import aot, flops, opt_wrappers, optimizers, schedules
 from MaxText.training.metrics import MetricsWriter, format_duration, step_line
 from MaxText.models.transformer import make_model
-from MaxText.training.train_state import TrainState, init_state, param_axes, param_count, state_shardings
+from MaxText.training.train_state import (
+    TrainState,
+    abstract_boxed_params,
+    init_state,
+    param_axes,
+    param_count,
+    state_shardings,
+)
 from MaxText.training.train_step import eval_step, train_step
 
 EXIT_NON_FINITE = 3
@@ -132,9 +139,10 @@ def build(cfg: Config, devices=None) -> Setup:
     # The target is the platform of the devices the step compiles for (train_compile: the target's), so the
     # kernel plan describes the program that runs there, not this host.
     model = make_model(mcfg, kernels.platform_of(list(mesh.devices.flat)))
-    axes = param_axes(model)
+    boxed_params = abstract_boxed_params(model)
+    axes = param_axes(boxed_params)
     tx = optimizers.make_optimizer(cfg, axes)
-    abstract_state, shardings = state_shardings(model, tx, mesh, rules)
+    abstract_state, shardings = state_shardings(boxed_params, tx, mesh, rules)
     mesh_lib.check_params_sharded(abstract_state.params, shardings.params, mesh, cfg.sharding_tolerance)
     peak, source = flops.peak_tflops_per_device(cfg.peak_tflops_per_device, mesh.devices.flat[0].device_kind)
     return Setup(
@@ -357,7 +365,7 @@ def _restore_or_init(s: Setup, ckpt, data_iter, tokenizer_id):
         return state
     state = init_state(s.model, s.tx, cfg.init_weights_seed, s.shardings)
     if cfg.load_parameters_path:
-        params = checkpointing.load_params(cfg.load_parameters_path, target.params)
+        params = checkpointing.load_params(cfg.load_parameters_path, target.params, ema=cfg.load_ema_params)
         state = state.replace(params=params)
         log(f"loaded parameters from {cfg.load_parameters_path}")
     return state

@@ -12,7 +12,9 @@ import pytest
 from optax import contrib
 
 from MaxText.config import ConfigError, load_config
-from MaxText.tests.helpers import BASE_YML, TINY, fork_run, train_run
+from MaxText.checkpoint import checkpointing
+from MaxText.conversion import maxtext_to_hf
+from MaxText.tests.helpers import BASE_YML, TINY, fork_run, quiet, safetensors_tensors, train_run
 from MaxText.training import opt_wrappers, optimizers, schedules, trainer
 
 TOL = 1e-6
@@ -317,6 +319,28 @@ def test_spike_is_skipped_with_state_unchanged():
     assert int(state.skipped) == 2
     updates, state = tx.update({"w": jnp.ones(3)}, state, params, loss=1.0, grad_norm=1.0)
     assert np.all(np.asarray(updates["w"]) != 0) and int(state.skipped) == 2
+
+
+def test_readers_and_export_take_the_ema_the_run_kept(tmp_path):
+    over = ["per_device_batch_size=1", "ema_decay=0.5"]
+    train_run(tmp_path, "e", 2, over)
+    stored = _stored_state(tmp_path / "e", 2)
+    prefix = next(k for k in stored if "/ema/" in k).split("/ema/")[0] + "/ema/"
+    _, s = _setup(*over)
+    target = checkpointing.abstract_with_shardings(s.abstract_state, s.shardings).params
+    flat = lambda t: {
+        optimizers.path_name(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(t)[0]
+    }
+    ema = flat(checkpointing.load_params(str(tmp_path / "e"), target, ema=True))
+    raw = flat(checkpointing.load_params(str(tmp_path / "e"), target))
+    assert all(np.array_equal(x, stored[prefix + path]) for path, x in ema.items())
+    assert all(np.array_equal(x, stored["params/" + path]) for path, x in raw.items())
+    assert not np.array_equal(ema["token_embedder/embedding"], raw["token_embedder/embedding"])
+    for use_ema, want in ((True, ema), (False, raw)):
+        out = tmp_path / f"hf_{use_ema}"
+        maxtext_to_hf.export(str(tmp_path / "e"), str(out), log=quiet, ema=use_ema)
+        got = safetensors_tensors(out)["model.embed_tokens.weight"].numpy()
+        np.testing.assert_array_equal(got, want["token_embedder/embedding"])
 
 
 def test_ema_of_weights_follows_its_formula():
