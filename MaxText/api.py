@@ -30,7 +30,7 @@ import numpy as np
 
 from MaxText import paths
 from MaxText.config import Config, load_config
-from MaxText.checkpoint.config_overlay import saved_model_keys
+from MaxText.checkpoint.config_overlay import adapter_keys, saved_model_keys
 from MaxText.inference.batcher import Batcher, Request
 from MaxText.inference.engine import DECODE_LAYOUT, Engine, EngineConfig, SamplingParams
 from MaxText.inference.prompt import PromptTokenizer
@@ -91,7 +91,9 @@ class Model:
         self.mesh = mesh_lib.make_mesh(cfg, _devices_for(cfg, devices))
         self.rules = mesh_lib.axis_rules(cfg)
         self.module, target = abstract_params(cfg, self.mesh, self.rules)
-        self.params = checkpointing.load_params(path, target, ema=cfg.load_ema_params)
+        self.params = checkpointing.load_params(
+            path, target, ema=cfg.load_ema_params, lora_path=cfg.lora_path
+        )
         self.tokenizer = None
         if cfg.tokenizer_path and os.path.isfile(cfg.tokenizer_path):
             self.tokenizer = PromptTokenizer.from_config(cfg, add_bos, add_eos)
@@ -187,7 +189,7 @@ class Model:
 def _config(path: str, overrides: dict) -> Config:
     values = {**_API_DEFAULTS, **overrides}
     argv = [BASE_YML] + [f"{k}={_cli_value(v)}" for k, v in values.items()]
-    cfg = load_config(argv, overlay=saved_model_keys(path))
+    cfg = load_config(argv, overlay=dict(saved_model_keys(path), **adapter_keys(values.get("lora_path", ""))))
     if "tokenizer_path" not in overrides and cfg.tokenizer_path:
         # A converted directory carries its tokenizer: use that copy, so a moved or copied directory works.
         beside = os.path.join(checkpointing.resolve_step_dir(path), os.path.basename(cfg.tokenizer_path))

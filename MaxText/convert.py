@@ -5,6 +5,9 @@
       [--raw-params]
   python3 -m MaxText.convert quantize configs/base.yml load_parameters_path=DIR save_quantized_params_path=OUT \
       quantization=int8w|int8
+  python3 -m MaxText.convert merge_lora --input RUN_OR_STEP --output DIR       # adapters folded into the kernels
+  python3 -m MaxText.convert lora_to_peft --input RUN_OR_STEP --output DIR     # Hugging Face PEFT adapter
+  python3 -m MaxText.convert peft_to_lora --input PEFT_DIR --base DIR --output DIR
 
 hf_to_maxtext reads config.json, the safetensors files (one or sharded) and the tokenizer files of HF_DIR and
 writes a checkpoint directory that `load_parameters_path=DIR` (train, decode) and `MaxText.api.load(DIR)` take
@@ -72,6 +75,21 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="export the raw parameters of a run that kept an EMA of the weights (default: the EMA)",
     )
+    for name, what in (
+        ("merge_lora", "LoRA run or step -> a full checkpoint with the adapters merged into the kernels"),
+        ("lora_to_peft", "LoRA run or step -> a Hugging Face PEFT adapter directory"),
+        ("peft_to_lora", "PEFT adapter directory + our base checkpoint -> a LoRA adapter checkpoint"),
+    ):
+        lora_cmd = sub.add_parser(name, help=what)
+        lora_cmd.add_argument("--input", required=True, help="LoRA run, step or PEFT adapter directory")
+        lora_cmd.add_argument("--output", required=True, help="directory to create")
+        if name == "peft_to_lora":
+            lora_cmd.add_argument(
+                "--base", required=True, help="our checkpoint of the model the adapter is for"
+            )
+        lora_cmd.add_argument(
+            "--overwrite", action="store_true", help="replace an existing non-empty --output"
+        )
     quant = sub.add_parser(
         "quantize", help="float checkpoint -> int8 kernels + scales (conversion/quantize.py)"
     )
@@ -92,7 +110,14 @@ def main(argv) -> int:
         raise ConfigError(f"--input {args.input}: no such directory")
     # Conversion is host work: keep JAX (used by orbax for process bookkeeping) off any accelerator.
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    if args.command == "hf_to_maxtext":
+    if args.command in ("merge_lora", "lora_to_peft", "peft_to_lora"):
+        from MaxText.conversion import lora  # pylint: disable=import-outside-toplevel
+
+        if args.command == "peft_to_lora":
+            lora.peft_to_lora(args.input, args.base, args.output, overwrite=args.overwrite)
+        else:
+            getattr(lora, args.command)(args.input, args.output, overwrite=args.overwrite)
+    elif args.command == "hf_to_maxtext":
         from MaxText.conversion import hf_to_maxtext  # pylint: disable=import-outside-toplevel
 
         hf_to_maxtext.convert(args.input, args.output, dtype=args.dtype, overwrite=args.overwrite)

@@ -13,6 +13,13 @@ configured (add_bos/add_eos), so one prepared dataset serves either choice.
   DIR; train with dataset_type=tfds dataset_name=NAME:VERSION dataset_path=DIR train_data_columns=ids
   tokenize_train_data=false.
 
+--sft: the records are supervised fine-tuning records (`--column messages`, or `--column prompt,completion`;
+  .jsonl or .parquet), rendered with `--chat-template` (Jinja; "" = the one beside the tokenizer, else the
+  default, as config chat_template) and tokenized as training does on the fly (MaxText/input_pipeline/sft.py):
+  records {"ids": [...], "loss_mask": [...]}, 1 where a token is trained, without BOS/EOS (added at load
+  time); train with use_sft=true dataset_type=grain train_data_columns=ids tokenize_train_data=false.
+  Length limits apply at load time (max_target_length, sft_overlong). array_record only.
+
 Progress goes to stderr, one line per input file. Every file is written under a temporary name and renamed
 when complete, so an interrupted run leaves no half-written output; re-running skips the finished shards
 (array_record) or the finished dataset (tfds). `DIR/manifest.json` records the tokenizer, and the documents
@@ -27,7 +34,7 @@ import sys
 import time
 
 from MaxText.config import ConfigError, exit_on_config_error
-from MaxText.input_pipeline import load_tokenizer, sources, writers
+from MaxText.input_pipeline import chat_template, load_tokenizer, sft, sources, writers
 
 MANIFEST = "manifest.json"
 
@@ -50,6 +57,43 @@ def read_texts(path: str, column: str) -> list[str]:
         raise ConfigError(str(e)) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ConfigError(f"--input: cannot read {path}: {type(e).__name__}: {e}") from None
+
+
+def read_records(path: str, columns: list[str]) -> list:
+    """The records of one .jsonl / .parquet input file (--sft), as dicts holding at least `columns`."""
+    try:
+        if path.endswith(".parquet"):
+            source = sources.ParquetSource([path], ",".join(columns), "--input")
+            return [source[i] for i in range(len(source))]
+        if not path.endswith((".jsonl", ".json")):
+            raise ConfigError(f"--input: {path}: --sft reads .jsonl or .parquet records")
+        with open(path, encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+    except sources.DataError as e:
+        raise ConfigError(str(e)) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"--input: cannot read {path}: {type(e).__name__}: {e}") from None
+
+
+def sft_encoder(tokenizer, column: str, template: str):
+    """path -> [{"ids", "loss_mask"}] of its SFT records, as the trainer renders and tokenizes them."""
+    try:
+        columns = sft.parse_columns(column)
+    except sources.DataError as e:
+        raise ConfigError(str(e).replace("train_data_columns", "--column")) from None
+    renderer = chat_template.load_chat_template(template, tokenizer.path)
+
+    def encode(path: str) -> list[dict]:
+        out = []
+        for i, record in enumerate(read_records(path, columns)):
+            try:
+                ids, mask = sft.tokenize_spans(tokenizer, sft.record_spans(renderer, record, columns))
+            except ValueError as e:
+                raise ConfigError(f"--input {path} record {i}: {e}") from None
+            out.append({"ids": ids, sft.MASK_COLUMN: mask})
+        return out
+
+    return encode
 
 
 def shard_names(files: list[str]) -> list[str]:
@@ -84,12 +128,29 @@ def _count_shard(path: str) -> dict:
     return {"documents": len(lengths), "tokens": int(sum(lengths))}
 
 
-def prepare_array_record(files: list[str], output: str, tokenizer, column: str) -> dict:
-    """One shard per input file (finished shards are kept); returns the manifest."""
+def prepare_array_record(  # pylint: disable=too-many-arguments,too-many-positional-arguments
+    files: list[str], output: str, tokenizer, column: str, encode=None, sft_info: dict | None = None
+) -> dict:
+    """One shard per input file (finished shards are kept); returns the manifest.
+
+    encode: path -> records to write (default: {"ids"} of each text); sft_info: what --sft records
+    (columns, chat template), stored in the manifest and checked on a re-run.
+    """
     manifest = _load_manifest(output)
     if manifest.get("tokenizer", tokenizer.identity()) != tokenizer.identity():
         raise ConfigError(f"--output={output!r}: already holds shards made with another tokenizer")
+    if manifest.get("shards") and manifest.get("sft") != sft_info:
+        raise ConfigError(
+            f"--output={output!r}: already holds shards made with other --sft/--column/--chat-template"
+        )
+    if encode is None:
+
+        def encode(path: str) -> list[dict]:
+            return [{"ids": x} for x in tokenizer.encode_batch(read_texts(path, column))]
+
     manifest.update(tokenizer=tokenizer.identity(), format="array_record", column="ids")
+    if sft_info is not None:
+        manifest["sft"] = sft_info
     shards = manifest.setdefault("shards", {})
     for i, (path, name) in enumerate(zip(files, shard_names(files)), start=1):
         out = os.path.join(output, name)
@@ -98,13 +159,17 @@ def prepare_array_record(files: list[str], output: str, tokenizer, column: str) 
             _progress(f"[{i}/{len(files)}] {name}: already done, kept")
             continue
         start = time.perf_counter()
-        ids = tokenizer.encode_batch(read_texts(path, column))
-        writers.write_array_record(out, ({"ids": x} for x in ids))
-        shards[name] = {"source": path, "documents": len(ids), "tokens": sum(len(x) for x in ids)}
+        records = encode(path)
+        writers.write_array_record(out, records)
+        shards[name] = {
+            "source": path,
+            "documents": len(records),
+            "tokens": sum(len(r["ids"]) for r in records),
+        }
         _save_manifest(output, manifest)
         rate = shards[name]["tokens"] / max(time.perf_counter() - start, 1e-9)
         _progress(
-            f"[{i}/{len(files)}] {name}: {len(ids)} documents, {shards[name]['tokens']} tokens ({rate:,.0f}/s)"
+            f"[{i}/{len(files)}] {name}: {len(records)} documents, {shards[name]['tokens']} tokens ({rate:,.0f}/s)"
         )
     _save_manifest(output, manifest)
     return manifest
@@ -191,6 +256,7 @@ def _progress(message: str) -> None:
 
 
 def parse_args(argv):
+    """The command-line arguments (see the module docstring)."""
     parser = argparse.ArgumentParser(
         prog="python3 -m MaxText.prepare_data", description=__doc__.split("\n", maxsplit=1)[0]
     )
@@ -198,7 +264,17 @@ def parse_args(argv):
     parser.add_argument("--output", required=True, help="output directory")
     parser.add_argument("--tokenizer", required=True, help="tokenizer model file (as tokenizer_path)")
     parser.add_argument("--format", choices=["array_record", "tfds"], default="array_record")
-    parser.add_argument("--column", default="text", help="text column of .jsonl / .parquet records")
+    parser.add_argument(
+        "--column",
+        default=None,
+        help="text column of .jsonl / .parquet records (default text; --sft: messages)",
+    )
+    parser.add_argument(
+        "--sft", action="store_true", help="chat / prompt-completion records -> ids and loss_mask (docstring)"
+    )
+    parser.add_argument(
+        "--chat-template", default="", help='--sft: Jinja chat template ("" = the tokenizer\'s)'
+    )
     parser.add_argument("--name", default="maxtext_prepared", help="--format tfds: dataset name")
     parser.add_argument("--version", default="1.0.0", help="--format tfds: dataset version")
     return parser.parse_args(argv)
@@ -213,11 +289,19 @@ def main(argv) -> int:
         tokenizer = load_tokenizer(args.tokenizer)
     except (ValueError, FileNotFoundError) as e:
         raise ConfigError(str(e)) from None
+    column = args.column or ("messages" if args.sft else "text")
+    if args.sft and args.format != "array_record":
+        raise ConfigError(f"--sft: writes --format array_record only, got --format {args.format}")
     os.makedirs(args.output, exist_ok=True)
     if args.format == "tfds":
-        manifest = prepare_tfds(files, args.output, tokenizer, args.column, args.name, args.version)
+        manifest = prepare_tfds(files, args.output, tokenizer, column, args.name, args.version)
+    elif args.sft:
+        template = chat_template.load_chat_template(args.chat_template, tokenizer.path).source
+        info = {"columns": column, "chat_template": template}
+        encode = sft_encoder(tokenizer, column, args.chat_template)
+        manifest = prepare_array_record(files, args.output, tokenizer, column, encode, info)
     else:
-        manifest = prepare_array_record(files, args.output, tokenizer, args.column)
+        manifest = prepare_array_record(files, args.output, tokenizer, column)
     _progress(
         f"done: {manifest.get('documents', 0)} documents, {manifest.get('tokens', 0)} tokens in {args.output}"
     )

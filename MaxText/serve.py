@@ -19,7 +19,7 @@ from MaxText.config import exit_on_config_error
 from MaxText.config.errors import require
 from MaxText.checkpoint.config_overlay import load_config_from_checkpoint
 
-# What the HTTP server imports (inference/server.py, inference/chat.py), checked before anything else.
+# What the HTTP server imports (inference/server.py, input_pipeline/chat_template.py), checked first.
 SERVER_PACKAGES = ("fastapi", "pydantic", "uvicorn", "prometheus_client", "jinja2")
 
 
@@ -43,11 +43,12 @@ def main(argv) -> int:
     # pylint: disable=import-outside-toplevel
     import uvicorn
 
-    from MaxText.inference import chat, server, session
+    from MaxText.inference import server, session
+    from MaxText.input_pipeline.chat_template import load_chat_template
 
     decoder = session.DecodeSession.from_checkpoint(cfg, path)
     compile_s = decoder.warmup()
-    template = chat.ChatTemplate(cfg.chat_template or chat.tokenizer_template(cfg.tokenizer_path))
+    template = load_chat_template(cfg.chat_template, cfg.tokenizer_path)
     service = server.Service(decoder, model_id(path), template)
     app = server.make_app(service)
     print(

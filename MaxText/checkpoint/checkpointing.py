@@ -26,7 +26,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from MaxText.checkpoint import integrity, layer_layout, orbax_io
+from MaxText.checkpoint import adapters, integrity, layer_layout, orbax_io
 from MaxText.checkpoint.integrity import CorruptCheckpoint
 from MaxText.config.errors import ConfigError
 
@@ -301,6 +301,32 @@ def _restore_item(stored, prefix: tuple, subtree):
 
 
 def _load_params_from(step_dir: str, abstract_params, ema: bool = False):
+    meta = _read_meta_from(step_dir) if os.path.isdir(os.path.join(step_dir, "meta")) else {}
+    base = meta.get(adapters.BASE_KEY)
+    if base:  # a partial checkpoint (LoRA adapters): what it holds from here, the rest from its base
+        return _load_partial(step_dir, meta, base["path"], base.get("ema", False), abstract_params, ema)
+    return _load_held_params(step_dir, abstract_params, ema, meta)
+
+
+def _load_partial(step_dir: str, meta: dict, base_path: str, base_ema: bool, abstract_params, ema: bool):
+    stored = orbax_io.tree_metadata(os.path.join(step_dir, "state")).tree.get("params", {})
+    held = adapters.held_mask(abstract_params, stored)
+    own = adapters.prune(abstract_params, held)
+    rest = adapters.prune(abstract_params, adapters.invert(held))
+    loaded = _load_held_params(step_dir, own, ema, meta) if own else {}
+    if rest:
+        loaded = adapters.merge(loaded, load_params(base_path, rest, ema=base_ema))
+    return loaded
+
+
+def _load_adapters_onto(step_dir: str, base_path: str, abstract_params, ema: bool):
+    meta = _read_meta_from(step_dir)
+    if adapters.BASE_KEY not in meta:
+        raise ConfigError(f"lora_path={step_dir}: not an adapter checkpoint (a LoRA run's step)")
+    return _load_partial(step_dir, meta, base_path, ema, abstract_params, False)
+
+
+def _load_held_params(step_dir: str, abstract_params, ema: bool, meta: dict):
     restacks = layout_plan(step_dir, abstract_params)
     source = layer_layout.stored_abstract(abstract_params, restacks) if restacks else abstract_params
     state_dir = os.path.join(step_dir, "state")
@@ -325,7 +351,6 @@ def _load_params_from(step_dir: str, abstract_params, ema: bool = False):
         restored = ocp.PyTreeCheckpointer().restore(state_dir, args=args)
     for key in prefix:
         restored = restored[int(key) if isinstance(restored, list) else key]
-    meta = _read_meta_from(step_dir) if os.path.isdir(os.path.join(step_dir, "meta")) else {}
     integrity.verify(_nested(prefix, restored), meta.get("checksums"), f"checkpoint {state_dir}")
     return layer_layout.to_target(restored, restacks, abstract_params) if restacks else restored
 
@@ -343,14 +368,20 @@ def restore_params_only(step_dir: str, abstract_params) -> tuple:
     return params, _checked_data_iter(data_state, step_dir), _read_meta_from(step_dir)
 
 
-def load_params(path: str, abstract_params, ema: bool = False):
+def load_params(path: str, abstract_params, ema: bool = False, lora_path: str = ""):
     """Restores only the parameters of a checkpoint (any step directory layout above).
 
     abstract_params carries target shardings. Optimizer state in the checkpoint is not read, except with
     `ema` the EMA of the weights when the run kept one (ema_decay > 0; config key load_ema_params). A checkpoint
     written with the other scan_layers setting is converted to the target layout (bit-exact). Of a run,
     the newest step that restores; CorruptCheckpoint when none does or the step directory given is damaged.
+    A LoRA run's step holds its adapters alone and reads the rest from the base its meta names; with
+    `lora_path` (a LoRA run or step) the adapters come from there and everything else from `path`.
     """
+    if lora_path:
+        return _newest_readable(
+            lora_path, lambda step_dir: _load_adapters_onto(step_dir, path, abstract_params, ema)
+        )
     return _newest_readable(path, lambda step_dir: _load_params_from(step_dir, abstract_params, ema))
 
 

@@ -21,6 +21,21 @@ def saved_model_keys(path: str) -> dict:
     return {k: saved[k] for k in MODEL_KEYS if k in saved}
 
 
+ADAPTER_KEYS = ("lora_rank", "lora_alpha", "lora_target_modules")
+
+
+def adapter_keys(lora_path: str) -> dict:
+    """The adapter shape (lora_rank, lora_alpha, lora_target_modules) of a LoRA run or step (lora_path=)."""
+    if not lora_path:
+        return {}
+    if not os.path.exists(lora_path):
+        raise ConfigError(f"lora_path={lora_path!r}: no such run or step directory")
+    saved = saved_model_keys(lora_path)
+    if saved.get("lora_rank", 0) <= 0:
+        raise ConfigError(f"lora_path={lora_path!r}: not a LoRA checkpoint (its run has lora_rank=0)")
+    return {k: saved[k] for k in ADAPTER_KEYS if k in saved}
+
+
 def load_config_from_checkpoint(argv, require_checkpoint: bool):
     """(config, checkpoint path or None). The checkpoint is load_parameters_path, else run_name's directory.
 
@@ -36,4 +51,5 @@ def load_config_from_checkpoint(argv, require_checkpoint: bool):
         raise ConfigError(
             f"{key}={value!r}: no checkpoint at {path}; train first or give load_parameters_path"
         )
-    return load_config(argv, overlay=saved_model_keys(path)), path
+    overlay = dict(saved_model_keys(path), **adapter_keys(first.lora_path))
+    return load_config(argv, overlay=overlay), path

@@ -165,3 +165,27 @@ class MeshAxis(enum.StrEnum):
     TENSOR_SEQUENCE = "tensor_sequence"
     EXPERT = "expert"
     AUTOREGRESSIVE = "autoregressive"
+
+
+class SftOverlong(enum.StrEnum):
+    """What use_sft does with a record longer than max_target_length."""
+
+    TRUNCATE = "truncate"
+    DROP = "drop"
+
+
+class LoraTarget(enum.StrEnum):
+    """The lora_target_modules names: PEFT's (Hugging Face's Llama- and DeepSeek-style) projection names."""
+
+    Q_PROJ = "q_proj"
+    K_PROJ = "k_proj"
+    V_PROJ = "v_proj"
+    O_PROJ = "o_proj"
+    GATE_PROJ = "gate_proj"
+    UP_PROJ = "up_proj"
+    DOWN_PROJ = "down_proj"
+    Q_A_PROJ = "q_a_proj"
+    Q_B_PROJ = "q_b_proj"
+    KV_A_PROJ_WITH_MQA = "kv_a_proj_with_mqa"
+    KV_B_PROJ = "kv_b_proj"
+    EXPERTS = "experts"  # the routed experts' weights (PEFT: target_parameters gate_up_proj, down_proj)

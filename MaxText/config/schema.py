@@ -33,6 +33,7 @@ from MaxText.config.choices import (
     RopeType,
     SamplingStrategy,
     ScoreFunc,
+    SftOverlong,
     WsdDecayStyle,
 )
 
@@ -57,6 +58,7 @@ class Section(enum.StrEnum):
     QUANTIZATION = "Quantization"
     AOT_COMPILE_MEMORY = "AOT compile and memory"
     PIPELINE_EXPERT_PARALLELISM = "Pipeline and expert parallelism"
+    POST_TRAINING = "Post-training"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +110,7 @@ _serving = _section(Section.SERVING)
 _quantization = _section(Section.QUANTIZATION)
 _aot_compile_memory = _section(Section.AOT_COMPILE_MEMORY)
 _pipeline_expert_parallelism = _section(Section.PIPELINE_EXPERT_PARALLELISM)
+_post_training = _section(Section.POST_TRAINING)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -350,6 +353,17 @@ class Config:  # pylint: disable=too-many-instance-attributes
 
     # Pipeline and expert parallelism.
     num_pipeline_microbatches: int = _pipeline_expert_parallelism(-1, "Microbatches per forward pass through the pipeline stages (GPipe schedule); -1 = one per stage.", ge=-1, model=True)
+
+
+    # Post-training.
+    use_sft: bool = _post_training(False, "Supervised fine-tuning: records are chat conversations or prompt/completion pairs, rendered with the chat template (docs/post_training.md).")
+    sft_train_on_completion_only: bool = _post_training(True, "use_sft: only the assistant's (completion) tokens count in the loss; false = every token.")
+    sft_overlong: str = _post_training("truncate", "use_sft: a record longer than max_target_length is truncated or dropped (the count is logged).", choices=SftOverlong)
+    lora_rank: int = _post_training(0, "LoRA rank r of the adapters on lora_target_modules; base weights are frozen; 0 = off.", ge=0, model=True, saved=True)
+    lora_alpha: float = _post_training(16.0, "LoRA scale numerator: adapters add (lora_alpha / lora_rank) x B A x.", gt=0, model=True, saved=True)
+    lora_dropout: float = _post_training(0.0, "Dropout on the adapters' input during training.", ge=0, le=1, model=True)
+    lora_target_modules: list = _post_training(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], "Projections that get adapters, named as PEFT names them (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj; MLA's q_a_proj, q_b_proj, kv_a_proj_with_mqa, kv_b_proj; experts: the routed experts).", model=True, saved=True)
+    lora_path: str = _post_training("", "decode, chat, api.load: apply the LoRA adapters of this run or step directory (unmerged).")
 
     # fmt: on
 

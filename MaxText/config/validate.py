@@ -3,7 +3,7 @@
 import yaml
 
 from MaxText.config.errors import ConfigError, suggest
-from MaxText.config.choices import STORED_QUANTIZATION, Activation, OptType
+from MaxText.config.choices import STORED_QUANTIZATION, Activation, LoraTarget, OptType
 from MaxText.config.schema import MESH_AXES, REMAT_TENSORS, SETTINGS, Config
 
 
@@ -115,9 +115,19 @@ def _check_data_sources(cfg: Config) -> None:
     for key in needs.get(cfg.dataset_type, ()):
         _require(bool(getattr(cfg, key)), f"{key}='': dataset_type={cfg.dataset_type!r} needs it set")
     _require(
-        not (cfg.hf_streaming and cfg.packing and cfg.packing_type == "first_fit"),
+        not (cfg.hf_streaming and cfg.packing and cfg.packing_type == "first_fit" and not cfg.use_sft),
         "packing_type='first_fit': hf_streaming reads records in order and packs them as they come; "
         "expected packing_type=concat (or packing=false)",
+    )
+    _require(
+        not cfg.use_sft or cfg.dataset_type in ("grain", "hf"),
+        f"use_sft=true: dataset_type={cfg.dataset_type!r} holds no conversations; expected dataset_type=hf or "
+        "grain with chat or prompt/completion records (docs/post_training.md)",
+    )
+    _require(
+        not (cfg.use_sft and cfg.hf_streaming),
+        "use_sft=true: SFT records are read into memory (each truncated or dropped as a whole); expected "
+        "hf_streaming=false",
     )
 
 
@@ -191,6 +201,20 @@ def _check_optimizer_groups(cfg: Config) -> None:
             _require(entry.get(field, 0.0) >= 0, f"{where}.{field}={entry.get(field)}: expected a value >= 0")
 
 
+def _check_lora(cfg: Config) -> None:
+    names = [t.value for t in LoraTarget]
+    for name in cfg.lora_target_modules:
+        hint = suggest(str(name), names)
+        _require(
+            name in names,
+            f"lora_target_modules contains {name!r}: expected names among {', '.join(names)}" + hint,
+        )
+    if cfg.lora_rank > 0:
+        _require(
+            bool(cfg.lora_target_modules), "lora_target_modules=[]: name at least one projection to adapt"
+        )
+
+
 def check_cross_field(cfg: Config) -> None:
     """Rules that involve several keys. Device-dependent rules live in parallel/mesh.py."""
     if not _FAMILY_RULES:
@@ -223,6 +247,7 @@ def check_cross_field(cfg: Config) -> None:
     _check_quantization(cfg)
     _check_remat(cfg)
     _check_optimizer_groups(cfg)
+    _check_lora(cfg)
     axes = list(MESH_AXES)
     _require(
         sorted(cfg.mesh_axes) == sorted(axes),

@@ -23,8 +23,8 @@ import pydantic
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from MaxText.inference.batcher import Request
-from MaxText.inference.chat import ChatTemplate
 from MaxText.inference.engine import SamplingParams
+from MaxText.input_pipeline.chat_template import ChatTemplate
 from MaxText.parallel import mesh as mesh_lib
 
 

@@ -67,7 +67,7 @@ class DecodeSession:
     def from_checkpoint(cls, cfg: Config, path: str) -> "DecodeSession":
         mesh, rules = mesh_lib.make_mesh(cfg), mesh_lib.axis_rules(cfg)
         model, target = abstract_params(cfg, mesh, rules)
-        params = checkpointing.load_params(path, target, ema=cfg.load_ema_params)
+        params = checkpointing.load_params(path, target, ema=cfg.load_ema_params, lora_path=cfg.lora_path)
         return cls(cfg, model, params, PromptTokenizer.from_config(cfg), mesh, rules)
 
     def encode_prompt(self, text: str) -> list:

@@ -73,10 +73,14 @@ def epoch_order(num_pieces: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def docs_fingerprint(docs: packing.TokenizedDocs) -> str:
-    """16 hex digits of sha256 of the tokens and document lengths (changes with tokenizer, split, BOS...)."""
+    """16 hex digits of sha256 of the tokens, document lengths and loss mask, when there is one (changes with
+    tokenizer, split, BOS, chat template, sft_train_on_completion_only...)."""
     h = hashlib.sha256()
     h.update(np.ascontiguousarray(docs.tokens, dtype="<i4").tobytes())
     h.update(np.ascontiguousarray(docs.lengths, dtype="<i8").tobytes())
+    if docs.loss_mask is not None:  # absent for pretraining, whose fingerprints stay as they were
+        h.update(b"loss_mask")
+        h.update(np.ascontiguousarray(docs.loss_mask, dtype="i1").tobytes())
     return h.hexdigest()[:16]
 
 
@@ -99,7 +103,9 @@ class PackedRowSource:  # pylint: disable=too-many-instance-attributes
         seed: int,
         packing_type: str = "first_fit",
         mixture: list[tuple[int, float]] | None = None,
+        whole_pieces: bool = False,
     ):
+        """whole_pieces: first_fit never splits a piece across rows (`packing.pack_rows`)."""
         if max_target_length < 1:
             raise ValueError(f"max_target_length must be >= 1, got {max_target_length}")
         self.docs = docs
@@ -107,6 +113,7 @@ class PackedRowSource:  # pylint: disable=too-many-instance-attributes
         self.packing = packing_enabled
         self.packing_type = packing_type
         self.seed = seed
+        self.whole_pieces = whole_pieces
         self.pieces = packing.make_pieces(docs, max_target_length)
         if not self.pieces:
             raise ValueError("the data split has no document with at least two tokens; nothing to train on")
@@ -162,11 +169,17 @@ class PackedRowSource:  # pylint: disable=too-many-instance-attributes
         return self._pack(np.arange(len(self.pieces), dtype=np.int64))
 
     def _pack(self, order: np.ndarray) -> packing.RowLayout:
-        return packing.pack_rows(order, self.pieces, self.max_target_length, self.packing, self.packing_type)
+        return packing.pack_rows(
+            order, self.pieces, self.max_target_length, self.packing, self.packing_type, self.whole_pieces
+        )
 
     def materialize(self, rows: list[tuple[packing.RowLayout, int]]) -> dict[str, np.ndarray]:
         """Batch whose row k is row rows[k][1] of layout rows[k][0]."""
         batch = packing.empty_batch(len(rows), self.max_target_length)
         for k, (layout, r) in enumerate(rows):
-            packing.fill_row(batch, k, *layout.row(r), self.docs.tokens)
+            self.fill_row(batch, k, layout, r)
         return batch
+
+    def fill_row(self, batch: dict[str, np.ndarray], k: int, layout: packing.RowLayout, r: int) -> None:
+        """Writes row r of `layout` into row k of `batch` (with the documents' loss mask, if any)."""
+        packing.fill_row(batch, k, *layout.row(r), self.docs.tokens, self.docs.loss_mask)

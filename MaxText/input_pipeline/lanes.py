@@ -60,7 +60,15 @@ def lane_fingerprint(source: iterators.PackedRowSource) -> str:
 class LaneTrainIterator(iterators.TrainIterator):
     """Rows of this host's lanes, one per lane per batch; see the module docstring for the state."""
 
-    def __init__(self, lanes: dict[int, iterators.PackedRowSource], num_lanes: int, identity: dict):
+    def __init__(
+        self,
+        lanes: dict[int, iterators.PackedRowSource],
+        num_lanes: int,
+        identity: dict,
+        stats: dict | None = None,
+    ):
+        """stats: counts about the records read (use_sft: `sft.summarize`), reported by `stats`."""
+        self.stats = stats or {}
         self._lanes = dict(sorted(lanes.items()))
         self._num_lanes = num_lanes
         self._identity = {"global_batch_size": num_lanes, **identity}
@@ -74,7 +82,7 @@ class LaneTrainIterator(iterators.TrainIterator):
         for k, (r, source) in enumerate(self._lanes.items()):
             epoch, row = self._position[r]
             layout = source.layout(epoch)
-            packing.fill_row(batch, k, *layout.row(row), source.docs.tokens)
+            source.fill_row(batch, k, layout, row)
             self._position[r] = (epoch + 1, 0) if row + 1 == layout.num_rows else (epoch, row + 1)
         return batch
 
@@ -149,6 +157,6 @@ def eval_batches(
         batch = packing.empty_batch(len(sources_), max_target_length)
         for k, (r, source) in enumerate(sources_.items()):
             layout = layouts[r]
-            packing.fill_row(batch, k, *layout.row(b % layout.num_rows), source.docs.tokens)
+            source.fill_row(batch, k, layout, b % layout.num_rows)
         batches.append(batch)
     return batches

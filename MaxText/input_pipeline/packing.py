@@ -27,6 +27,12 @@ positions are padding: token 0 (pad), position 0, segmentation 0.
 Concat-then-split (packing_type="concat"). Pieces are laid end to end in the given order and the stream is cut
 every T positions: every row but the last is full, and a piece crossing a cut is split there (sharing one
 token, as above), its tail opening the next row with positions restarting at 0. No document loses a pair.
+
+Loss mask (supervised fine-tuning). Documents may carry a per-token mask: mask[i] = 1 when token i is trained
+as a target (an assistant's token), 0 when it is context only (the prompt). `fill_row` zeroes
+targets_segmentation where the target is untrained and keeps inputs_segmentation, so attention still sees the
+whole document and never another one. `pack_rows(..., whole_pieces=True)` never splits a piece in first_fit
+(a conversation cut there would train its tail without its prompt).
 """
 
 import dataclasses
@@ -42,21 +48,35 @@ PACKING_TYPES = ("first_fit", "concat")
 
 @dataclasses.dataclass(frozen=True)
 class TokenizedDocs:
-    """Token sequences stored flat: document k is tokens[starts[k] : starts[k] + lengths[k]]."""
+    """Token sequences stored flat: document k is tokens[starts[k] : starts[k] + lengths[k]].
+
+    loss_mask, when set, is parallel to tokens: 1 where the token is trained as a target, 0 where it is not
+    (see the module docstring); None trains every token.
+    """
 
     tokens: np.ndarray  # int32 [sum of lengths]
     starts: np.ndarray  # int64 [num_docs]
     lengths: np.ndarray  # int64 [num_docs]
+    loss_mask: np.ndarray | None = None  # int8 [sum of lengths], or None
 
     @classmethod
-    def from_sequences(cls, sequences: Sequence[Sequence[int]]) -> "TokenizedDocs":
+    def from_sequences(
+        cls, sequences: Sequence[Sequence[int]], masks: Sequence[Sequence[int]] | None = None
+    ) -> "TokenizedDocs":
+        """masks: one per sequence, of its length (None: no mask)."""
         lengths = np.array([len(s) for s in sequences], dtype=np.int64)
         starts = np.zeros_like(lengths)
         if len(lengths):
             starts[1:] = np.cumsum(lengths)[:-1]
         parts = [np.asarray(s, dtype=np.int32) for s in sequences]
         tokens = np.concatenate(parts) if parts else np.zeros(0, np.int32)
-        return cls(tokens=tokens, starts=starts, lengths=lengths)
+        loss_mask = None
+        if masks is not None:
+            if [len(m) for m in masks] != lengths.tolist():
+                raise ValueError("every loss mask must have the length of its token sequence")
+            flat = [np.asarray(m, dtype=np.int8) for m in masks]
+            loss_mask = np.concatenate(flat) if flat else np.zeros(0, np.int8)
+        return cls(tokens=tokens, starts=starts, lengths=lengths, loss_mask=loss_mask)
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -108,10 +128,19 @@ class RowLayout:
         return self.starts[lo:hi], self.lengths[lo:hi]
 
 
-def pack_rows(
-    order: np.ndarray, pieces: Pieces, max_target_length: int, packing: bool, packing_type: str = "first_fit"
+def pack_rows(  # pylint: disable=too-many-arguments,too-many-positional-arguments
+    order: np.ndarray,
+    pieces: Pieces,
+    max_target_length: int,
+    packing: bool,
+    packing_type: str = "first_fit",
+    whole_pieces: bool = False,
 ) -> RowLayout:
-    """Places pieces[order] into rows of `max_target_length` positions (see module docstring)."""
+    """Places pieces[order] into rows of `max_target_length` positions (see module docstring).
+
+    whole_pieces: first_fit closes a full set of open rows without filling the oldest one's gap with a head
+    of the piece, so no piece is split (concat splits by definition).
+    """
     if packing_type not in PACKING_TYPES:
         raise ValueError(f"packing_type {packing_type!r} is not one of {PACKING_TYPES}")
     order = np.asarray(order, dtype=np.int64)
@@ -140,7 +169,7 @@ def pack_rows(
                 break
             # No room anywhere: close the oldest row, first filling its gap with the head of this piece.
             oldest = open_rows.pop(0)
-            if oldest.free >= MIN_FRAGMENT:
+            if oldest.free >= MIN_FRAGMENT and not whole_pieces:
                 head = oldest.free
                 oldest.add(start, head)
                 start, length = start + head, length - head
@@ -187,10 +216,18 @@ def empty_batch(num_rows: int, max_target_length: int) -> dict[str, np.ndarray]:
     return {k: np.zeros((num_rows, max_target_length), dtype=np.int32) for k in BATCH_KEYS}
 
 
-def fill_row(
-    batch: dict[str, np.ndarray], r: int, starts: np.ndarray, lengths: np.ndarray, tokens: np.ndarray
+def fill_row(  # pylint: disable=too-many-arguments,too-many-positional-arguments
+    batch: dict[str, np.ndarray],
+    r: int,
+    starts: np.ndarray,
+    lengths: np.ndarray,
+    tokens: np.ndarray,
+    loss_mask: np.ndarray | None = None,
 ) -> None:
-    """Writes one row's segments into row `r` of a zero-initialised batch (segments numbered from 1)."""
+    """Writes one row's segments into row `r` of a zero-initialised batch (segments numbered from 1).
+
+    loss_mask (parallel to tokens, or None): targets_segmentation is 0 where the target token is untrained.
+    """
     offset = 0
     for segment, (start, length) in enumerate(zip(starts.tolist(), lengths.tolist()), start=1):
         end = offset + length
@@ -198,5 +235,6 @@ def fill_row(
         batch["targets"][r, offset:end] = tokens[start + 1 : start + length + 1]
         batch["inputs_position"][r, offset:end] = np.arange(length, dtype=np.int32)
         batch["inputs_segmentation"][r, offset:end] = segment
-        batch["targets_segmentation"][r, offset:end] = segment
+        trained = 1 if loss_mask is None else loss_mask[start + 1 : start + length + 1]
+        batch["targets_segmentation"][r, offset:end] = segment * trained
         offset = end

@@ -16,6 +16,10 @@ and tokenizes (with BOS/EOS as configured) only its lanes' records, once per pro
 packs its own documents. The batches therefore do not depend on the host count, and a state saved by any
 number of hosts resumes on any other. `hf_streaming` reads a Hugging Face dataset sequentially instead (see
 `streaming`).
+
+Supervised fine-tuning (use_sft, grain and hf): a record is a conversation or a prompt/completion pair,
+rendered with the chat template and tokenized with a per-token loss mask (`sft`); the lanes carry the mask
+into targets_segmentation, and first_fit keeps every conversation whole.
 """
 
 import dataclasses
@@ -30,6 +34,7 @@ from MaxText.input_pipeline import (
     iterators,
     lanes,
     packing,
+    sft,
     sources,
     streaming,
     synthetic,
@@ -68,6 +73,10 @@ class DataConfig:  # pylint: disable=too-many-instance-attributes
     dataset_name: str = ""  # tfds name:version
     train_split: str = "train"
     eval_split: str = ""  # tfds / save_to_disk split for eval ("" = hold out eval_fraction)
+    use_sft: bool = False  # records are conversations / prompt-completion pairs (see `sft`); grain, hf
+    sft_completion_only: bool = True  # only assistant (completion) tokens count in the loss
+    sft_overlong: str = "truncate"  # a record over max_target_length + 1 tokens: "truncate" | "drop"
+    chat_template: str = ""  # Jinja chat template ("" = the tokenizer's, else chat_template.DEFAULT_TEMPLATE)
 
 
 def make_train_iterator(
@@ -97,10 +106,11 @@ def make_train_iterator(
         "data_shuffle_seed": cfg.data_shuffle_seed,
         "records": [[len(p.records), p.weight] for p in parts],  # per source: train records, weight
     }
+    if cfg.use_sft:  # only then, so that pretraining states saved before SFT existed still resume
+        identity["sft"] = {"completion_only": cfg.sft_completion_only, "overlong": cfg.sft_overlong}
     lo, hi = iterators.host_row_range(cfg.global_batch_size, process_index, process_count)
-    return lanes.LaneTrainIterator(
-        _cached_lane_sources(cfg, "train", lo, hi), cfg.global_batch_size, identity
-    )
+    lane_set, stats = _cached_lane_sources(cfg, "train", lo, hi)
+    return lanes.LaneTrainIterator(lane_set, cfg.global_batch_size, identity, stats)
 
 
 def make_eval_batches(
@@ -130,7 +140,7 @@ def make_eval_batches(
     if not any(len(p.records) for p in parts):
         raise ValueError(f"eval_fraction={cfg.eval_fraction} holds out no documents; set it > 0 for eval")
     lo, hi = iterators.host_row_range(cfg.global_batch_size, process_index, process_count)
-    return lanes.eval_batches(_cached_lane_sources(cfg, "eval", lo, hi), num_batches)
+    return lanes.eval_batches(_cached_lane_sources(cfg, "eval", lo, hi)[0], num_batches)
 
 
 def corpus_path(cfg: DataConfig) -> str:
@@ -156,6 +166,8 @@ def _validate(cfg: DataConfig, process_index: int, process_count: int) -> None:
         raise ValueError(
             "hf_streaming packs records as they come: set packing_type=concat (or packing=false)"
         )
+    if cfg.use_sft:
+        _validate_sft(cfg)
     if cfg.dataset_type != "synthetic":
         if not 0.0 <= cfg.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction must be in [0, 1), got {cfg.eval_fraction}")
@@ -171,6 +183,18 @@ def _validate(cfg: DataConfig, process_index: int, process_count: int) -> None:
         ):
             if flag and token_id < 0:
                 raise ValueError(f"add_{name}=True but tokenizer {cfg.tokenizer_path} has no {name} id")
+
+
+def _validate_sft(cfg: DataConfig) -> None:
+    if cfg.dataset_type not in ("grain", "hf") or cfg.hf_streaming:
+        raise ValueError(
+            "use_sft reads conversations from dataset_type='grain' or 'hf' (not streamed), got "
+            f"{cfg.dataset_type!r}{' with hf_streaming' if cfg.hf_streaming else ''}"
+        )
+    if cfg.sft_overlong not in sft.OVERLONG:
+        raise ValueError(f"sft_overlong {cfg.sft_overlong!r} is not one of {sft.OVERLONG}")
+    if cfg.tokenize:
+        sft.parse_columns(cfg.column)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,9 +231,12 @@ def split_parts(cfg: DataConfig, split: str) -> list[SplitPart]:
 
 
 def lane_sources(
-    cfg: DataConfig, split: str, parts: list[SplitPart], own: range
+    cfg: DataConfig, split: str, parts: list[SplitPart], own: range, stats: dict | None = None
 ) -> dict[int, iterators.PackedRowSource]:
-    """The PackedRowSource of each lane in `own`, from its records only (see `lanes`)."""
+    """The PackedRowSource of each lane in `own`, from its records only (see `lanes`).
+
+    stats: with use_sft, filled with `sft.summarize` of the records read (each once).
+    """
     num_lanes = cfg.global_batch_size
     if split == "train":  # each source dealt on its own, so that every lane holds every mixture part
         for p in parts:
@@ -228,20 +255,41 @@ def lane_sources(
     for k, p in enumerate(parts):
         needed = np.unique(np.concatenate([per_part[k][r] for r in own]))
         encoded.append(dict(zip(needed.tolist(), _encode(cfg, p.name, split, needed))))
+    if cfg.use_sft and stats is not None:
+        stats.update(sft.summarize(e for part in encoded for e in part.values()))
     mixed = split == "train" and len(parts) > 1
     out = {}
     for r in own:
         docs = [encoded[k][i] for k in range(len(parts)) for i in per_part[k][r].tolist()]
         mixture = [(len(per_part[k][r]), p.weight) for k, p in enumerate(parts)] if mixed else None
-        out[r] = iterators.PackedRowSource(
-            packing.TokenizedDocs.from_sequences(docs),
-            cfg.max_target_length,
-            cfg.packing,
-            lanes.lane_seed(cfg.data_shuffle_seed, r),
-            cfg.packing_type,
-            mixture,
-        )
+        try:
+            out[r] = iterators.PackedRowSource(
+                _token_docs(cfg, docs),
+                cfg.max_target_length,
+                cfg.packing,
+                lanes.lane_seed(cfg.data_shuffle_seed, r),
+                cfg.packing_type,
+                mixture,
+                whole_pieces=cfg.use_sft,
+            )
+        except ValueError:
+            if not cfg.use_sft:
+                raise
+            drop = cfg.sft_overlong == "drop"
+            raise sources.DataError(
+                f"use_sft: all {len(docs)} {split} records dealt to row {r} of the batch were dropped (no trained "
+                f"token in their first max_target_length+1={cfg.max_target_length + 1} tokens"
+                f"{', or longer than that with sft_overlong=drop' if drop else ''}): raise max_target_length"
+                f"{', set sft_overlong=truncate' if drop else ''} or use more records"
+            ) from None
     return out
+
+
+def _token_docs(cfg: DataConfig, docs: list) -> packing.TokenizedDocs:
+    """TokenizedDocs of `_encode` results (with the loss mask when use_sft)."""
+    if cfg.use_sft:
+        return packing.TokenizedDocs.from_sequences([e.ids for e in docs], [e.mask for e in docs])
+    return packing.TokenizedDocs.from_sequences(docs)
 
 
 def user_token_docs(cfg: DataConfig, split: str) -> tuple[packing.TokenizedDocs, list | None]:
@@ -252,7 +300,7 @@ def user_token_docs(cfg: DataConfig, split: str) -> tuple[packing.TokenizedDocs,
     parts = split_parts(cfg, split)
     docs = [ids for p in parts for ids in _encode(cfg, p.name, split, p.records)]
     mixture = [(len(p.records), p.weight) for p in parts]
-    return packing.TokenizedDocs.from_sequences(docs), (mixture if len(mixture) > 1 else None)
+    return _token_docs(cfg, docs), (mixture if len(mixture) > 1 else None)
 
 
 def builtin_token_docs(cfg: DataConfig, split: str) -> packing.TokenizedDocs:
@@ -288,9 +336,11 @@ def _where(cfg: DataConfig, name: str, own_eval: bool) -> str:
 def _open_source(cfg: DataConfig, name: str, own_eval: bool):
     """The random-access record source `name` (a glob, or a split); opening reads metadata, not records."""
     if cfg.dataset_type == "grain":
-        source = sources.grain_source(
-            name, "grain_eval_files" if own_eval else "grain_train_files", cfg.column
-        )
+        key = "grain_eval_files" if own_eval else "grain_train_files"
+        if cfg.use_sft and not cfg.tokenize:  # pre-tokenized SFT: Parquet reads the loss mask beside the ids
+            source = sources.grain_source(name, key, cfg.column, optional=(sft.MASK_COLUMN,))
+        else:
+            source = sources.grain_source(name, key, cfg.column)
     elif cfg.dataset_type == "hf":
         source = sources.hf_source(
             cfg.hf_path, cfg.eval_files if own_eval and cfg.eval_files else cfg.data_files, name
@@ -302,8 +352,9 @@ def _open_source(cfg: DataConfig, name: str, own_eval: bool):
     return source
 
 
-def _encode(cfg: DataConfig, name: str, split: str, records: np.ndarray) -> list[np.ndarray]:
-    """Token ids (with BOS/EOS as configured) of `records` of source `name`, reading each record once."""
+def _encode(cfg: DataConfig, name: str, split: str, records: np.ndarray) -> list:
+    """Per record of `records` of source `name`, reading each record once: its token ids (with BOS/EOS as
+    configured), or with use_sft its `sft.Example` (ids and loss mask)."""
     unique, where = np.unique(records, return_inverse=True)
     own_eval = split == "eval" and bool(_eval_sources(cfg)) if cfg.dataset_type in USER_TYPES else False
     if cfg.dataset_type == "builtin":
@@ -316,25 +367,44 @@ def _encode(cfg: DataConfig, name: str, split: str, records: np.ndarray) -> list
             for e in tokenizer.encode_batch([texts[i] for i in unique.tolist()])
         ]
     else:
-        encoder = sources.RecordEncoder(
-            cfg.tokenizer_path, cfg.column, cfg.tokenize, cfg.add_bos, cfg.add_eos
-        )
+        encoder = _encoder(cfg, _where(cfg, name, own_eval))
         ids = sources.encode_records(_open_source(cfg, name, own_eval), unique, encoder, cfg.worker_count)
-    top = max((int(d.max()) for d in ids if d.size), default=-1)
-    if top >= cfg.vocab_size or min((int(d.min()) for d in ids if d.size), default=0) < 0:
+    tokens = [e.ids for e in ids] if cfg.use_sft else ids
+    top = max((int(d.max()) for d in tokens if d.size), default=-1)
+    if top >= cfg.vocab_size or min((int(d.min()) for d in tokens if d.size), default=0) < 0:
         raise sources.DataError(
             f"{_where(cfg, name, own_eval)}: token ids must lie in [0, vocab_size={cfg.vocab_size}), found {top}"
         )
     return [ids[i] for i in where.reshape(-1).tolist()]
 
 
+def _encoder(cfg: DataConfig, where: str):
+    """record -> token ids (`sources.RecordEncoder`), or with use_sft -> `sft.Example`."""
+    if not cfg.use_sft:
+        return sources.RecordEncoder(cfg.tokenizer_path, cfg.column, cfg.tokenize, cfg.add_bos, cfg.add_eos)
+    return sft.SftEncoder(
+        tokenizer_path=cfg.tokenizer_path,
+        template=cfg.chat_template,
+        column=cfg.column,
+        tokenize=cfg.tokenize,
+        add_bos=cfg.add_bos,
+        add_eos=cfg.add_eos,
+        completion_only=cfg.sft_completion_only,
+        overlong=cfg.sft_overlong,
+        max_target_length=cfg.max_target_length,
+        where=where,
+    )
+
+
 @functools.lru_cache(maxsize=4)
 def _cached_lane_sources(
     cfg: DataConfig, split: str, lo: int, hi: int
-) -> dict[int, iterators.PackedRowSource]:
-    """`lane_sources` of lanes [lo, hi), kept for the life of the process (train and eval of a run, or
-    repeated iterators in tests); the iterators share them, so the tokens are held once."""
-    return lane_sources(cfg, split, split_parts(cfg, split), range(lo, hi))
+) -> tuple[dict[int, iterators.PackedRowSource], dict]:
+    """(`lane_sources` of lanes [lo, hi), their SFT counts or {}), kept for the life of the process (train
+    and eval of a run, or repeated iterators in tests); the iterators share them, so the tokens are held
+    once."""
+    stats: dict = {}
+    return lane_sources(cfg, split, split_parts(cfg, split), range(lo, hi), stats), stats
 
 
 def clear_caches() -> None:

@@ -124,7 +124,10 @@ class JsonArrayRecordSource:
 
 
 class ParquetSource:
-    """One column of Parquet files as records {column: value}, read lazily one row group at a time.
+    """Columns of Parquet files as records {column: value}, read lazily one row group at a time.
+
+    `column` names one column or several, comma-separated (use_sft's "prompt,completion"); `optional` columns
+    are read too where every file has them (an SFT "loss_mask").
 
     A row group is Parquet's unit of I/O: reading record i reads (and keeps, until another one is needed) the
     column of i's row group only, so records read in increasing order read each row group at most once and a
@@ -132,10 +135,11 @@ class ParquetSource:
     Python objects.
     """
 
-    def __init__(self, files: list[str], column: str, key: str):
+    def __init__(self, files: list[str], column: str, key: str, optional: tuple = ()):
         pq = require("pyarrow.parquet", f"{key}: Parquet files")
 
-        self._files, self._column, self._key = files, column, key
+        self._files, self._column, self._key, self._optional = files, column, key, tuple(optional)
+        wanted = [c.strip() for c in column.split(",")]
         groups = []  # (file index, row group index, rows)
         for f, path in enumerate(files):
             try:
@@ -146,11 +150,16 @@ class ParquetSource:
                 )
             except Exception as e:  # pylint: disable=broad-exception-caught  # pyarrow.ArrowInvalid, OSError
                 raise DataError(f"{key}: cannot read Parquet file {path}: {_first_line(e)}") from None
-            if column not in names:
-                raise DataError(f"train_data_columns={column!r}: no such column in {path} (columns: {names})")
+            missing = [c for c in wanted if c not in names]
+            if missing:
+                raise DataError(
+                    f"train_data_columns={column!r}: no such column {missing[0]!r} in {path} (columns: {names})"
+                )
+            optional = [c for c in optional if c in names]
+        self._columns = wanted + list(optional)
         self._groups = groups
         self._ends = np.cumsum([n for *_, n in groups], dtype=np.int64)
-        self._cached = (-1, None)  # (row group, its column)
+        self._cached = (-1, None)  # (row group, its columns)
 
     def __len__(self) -> int:
         return int(self._ends[-1]) if len(self._ends) else 0
@@ -164,20 +173,20 @@ class ParquetSource:
 
             f, group, _ = self._groups[g]
             try:
-                table = pq.ParquetFile(self._files[f]).read_row_group(group, columns=[self._column])
+                table = pq.ParquetFile(self._files[f]).read_row_group(group, columns=self._columns)
             except Exception as e:  # pylint: disable=broad-exception-caught
                 raise DataError(
                     f"{self._key}: cannot read Parquet file {self._files[f]}: {_first_line(e)}"
                 ) from None
-            self._cached = (g, table.column(self._column))
+            self._cached = (g, [table.column(c) for c in self._columns])
         first = int(self._ends[g] - self._groups[g][2])
-        return {self._column: self._cached[1][index - first].as_py()}
+        return {c: values[index - first].as_py() for c, values in zip(self._columns, self._cached[1])}
 
     def __getstate__(self):  # grain worker processes read their own row groups
-        return {"files": self._files, "column": self._column, "key": self._key}
+        return {"files": self._files, "column": self._column, "key": self._key, "optional": self._optional}
 
     def __setstate__(self, state):
-        self.__init__(state["files"], state["column"], state["key"])
+        self.__init__(state["files"], state["column"], state["key"], state["optional"])
 
 
 def read_parquet_column(files: list[str], column: str, key: str) -> list:
@@ -186,8 +195,9 @@ def read_parquet_column(files: list[str], column: str, key: str) -> list:
     return [source[i][column] for i in range(len(source))]
 
 
-def grain_source(pattern: str, key: str, column: str):
-    """Record source over the files of one glob (all ArrayRecord or all Parquet)."""
+def grain_source(pattern: str, key: str, column: str, optional: tuple = ()):
+    """Record source over the files of one glob (all ArrayRecord or all Parquet; `ParquetSource` reads the
+    columns `column` names and the `optional` ones its files have)."""
     files = expand_glob(pattern, key)
     kinds = {_file_kind(f) for f in files}
     if None in kinds or len(kinds) > 1:
@@ -196,7 +206,7 @@ def grain_source(pattern: str, key: str, column: str):
             f"'.parquet' files, got {files[:4]}"
         )
     if kinds == {"parquet"}:
-        return ParquetSource(files, column, key)
+        return ParquetSource(files, column, key, optional)
     return JsonArrayRecordSource(files, key)
 
 
@@ -253,22 +263,26 @@ class RecordEncoder:  # pylint: disable=too-few-public-methods
 
 
 class SubsetSource:
-    """Records `indices` of `source`, in that order (what one host reads of a random-access source)."""
+    """Records `indices` of `source`, in that order (what one host reads of a random-access source).
 
-    def __init__(self, source, indices: np.ndarray):
+    with_index: items are (record index in `source`, record), for encoders whose errors name the record.
+    """
+
+    def __init__(self, source, indices: np.ndarray, with_index: bool = False):
         self._source, self._indices = source, np.asarray(indices, dtype=np.int64)
+        self._with_index = with_index
 
     def __len__(self) -> int:
         return len(self._indices)
 
     def __getitem__(self, index: int):
-        return self._source[int(self._indices[index])]
+        record = self._source[int(self._indices[index])]
+        return (int(self._indices[index]), record) if self._with_index else record
 
 
-def encode_records(
-    source, indices: np.ndarray, encoder: RecordEncoder, worker_count: int
-) -> list[np.ndarray]:
-    """Token ids of records `indices` of `source`, in the order given; no other record is read.
+def encode_records(source, indices: np.ndarray, encoder, worker_count: int) -> list:
+    """encoder(record) of records `indices` of `source` (token ids, for a `RecordEncoder`), in the order
+    given; no other record is read. An encoder with a true `wants_index` gets (record index, record).
 
     Reads in increasing index order (sequential within files and Parquet row groups), in `worker_count` grain
     worker processes when > 0; the result does not depend on the worker count.
@@ -276,7 +290,8 @@ def encode_records(
     grain = require("grain", READING_RECORDS)
     indices = np.asarray(indices, dtype=np.int64)
     order = np.argsort(indices, kind="stable")
-    dataset = grain.MapDataset.source(SubsetSource(source, indices[order])).map(encoder)
+    subset = SubsetSource(source, indices[order], with_index=getattr(encoder, "wants_index", False))
+    dataset = grain.MapDataset.source(subset).map(encoder)
     if worker_count <= 0 or len(indices) < 2:
         encoded = [dataset[i] for i in range(len(dataset))]
     else:

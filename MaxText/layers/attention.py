@@ -27,6 +27,7 @@ from MaxText.kernels.plan import KV_LAYOUTS, KernelPlan, check_cache
 from MaxText.layers.common import constrain
 from MaxText.layers.embeddings import RopeConfig, apply_rope
 from MaxText.layers.linears import DenseGeneral
+from MaxText.layers.lora import LoraSpec
 from MaxText.layers.normalizations import RMSNorm
 from MaxText.layers.quantizations import QuantConfig
 
@@ -96,6 +97,7 @@ class Attention(nn.Module):
     weight_dtype: jnp.dtype = jnp.float32
     precision: jax.lax.Precision = jax.lax.Precision.DEFAULT
     quant: QuantConfig = QuantConfig()
+    lora: LoraSpec = LoraSpec()
 
     def _spec(self, kernel):
         scale = self.scale if self.scale is not None else self.head_dim**-0.5
@@ -117,7 +119,7 @@ class Attention(nn.Module):
         dense = dict(
             dtype=self.dtype, weight_dtype=self.weight_dtype, precision=self.precision, use_bias=self.use_bias
         )
-        dense["quant"], dense["dot"] = self.quant, self.plan.dot
+        dense["quant"], dense["dot"], dense["lora"] = self.quant, self.plan.dot, self.lora
         n, kh, h = self.num_query_heads, self.num_kv_heads, self.head_dim
         q = DenseGeneral((n, h), kernel_axes=("embed", "q_heads", "kv"), name="query", **dense)(x)
         k = DenseGeneral((kh, h), kernel_axes=("embed", "kv_heads", "kv"), name="key", **dense)(x)

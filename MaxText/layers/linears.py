@@ -11,6 +11,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from MaxText.config.choices import Activation
 from MaxText.layers.common import constrain, param_with_axes
+from MaxText.layers.lora import LoraSpec, lora_delta
 from MaxText.layers.quantizations import QuantConfig, quantized_dot
 
 ACTIVATIONS = {
@@ -92,6 +93,7 @@ class DenseGeneral(nn.Module):
     float32 `kernel_scale` (kernel's shape with the input axes 1) sits beside it.
     `dot` is the backend's matmul choice (KernelPlan.dot): "cpu" runs dense_dot and pads one-row int8
     products (both for XLA:CPU), "xla" the plain dot_general.
+    `lora` (layers/lora.py) adds a low-rank adapter when it targets this module's name.
     """
 
     features: Sequence[int]
@@ -104,6 +106,7 @@ class DenseGeneral(nn.Module):
     kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
     quant: QuantConfig = QuantConfig()
     dot: str = "cpu"
+    lora: LoraSpec = LoraSpec()
 
     @nn.compact
     def __call__(self, x):
@@ -148,6 +151,8 @@ class DenseGeneral(nn.Module):
                 self.kernel_axes[-len(features) :],
             )
             y = y + bias.astype(self.dtype)
+        if self.lora.adapts(self.name):
+            y = y + lora_delta(self, x, self.lora, num_in, features, self.kernel_axes, self.dtype)
         return y
 
 
@@ -165,6 +170,7 @@ class MlpBlock(nn.Module):
     use_bias: bool = False
     quant: QuantConfig = QuantConfig()
     dot: str = "cpu"  # DenseGeneral.dot
+    lora: LoraSpec = LoraSpec()
 
     @nn.compact
     def __call__(self, x):
@@ -175,6 +181,7 @@ class MlpBlock(nn.Module):
             use_bias=self.use_bias,
             quant=self.quant,
             dot=self.dot,
+            lora=self.lora,
         )
         hidden = None
         for i, act in enumerate(self.activations):

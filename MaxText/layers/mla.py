@@ -32,6 +32,7 @@ from MaxText.layers.attention import MODES, attend
 from MaxText.layers.common import constrain
 from MaxText.layers.embeddings import RopeConfig, apply_rope
 from MaxText.layers.linears import DenseGeneral
+from MaxText.layers.lora import LoraSpec
 from MaxText.layers.normalizations import RMSNorm
 from MaxText.layers.quantizations import QuantConfig, dequantize
 
@@ -56,6 +57,7 @@ class MLA(nn.Module):
     weight_dtype: jnp.dtype = jnp.float32
     precision: jax.lax.Precision = jax.lax.Precision.DEFAULT
     quant: QuantConfig = QuantConfig()
+    lora: LoraSpec = LoraSpec()
 
     def _dense(self, features, axes, name, axis=-1):
         return DenseGeneral(
@@ -67,6 +69,7 @@ class MLA(nn.Module):
             precision=self.precision,
             quant=self.quant,
             dot=self.plan.dot,
+            lora=self.lora,
             name=name,
         )
 

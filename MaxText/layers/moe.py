@@ -38,6 +38,7 @@ from jax.sharding import PartitionSpec as P
 from MaxText.config import ConfigError
 from MaxText.layers.common import constrain, param_with_axes
 from MaxText.layers.linears import ACTIVATIONS, DenseGeneral, MlpBlock
+from MaxText.layers.lora import EXPERTS, LoraSpec, expert_adapters
 from MaxText.layers.quantizations import QuantConfig, quantized_dot
 
 LB_LOSS_NAME = "moe_lb_loss"
@@ -278,6 +279,7 @@ class MoeBlock(nn.Module):
     weight_dtype: jnp.dtype = jnp.float32
     precision: jax.lax.Precision = jax.lax.Precision.DEFAULT
     quant: QuantConfig = QuantConfig()
+    lora: LoraSpec = LoraSpec()  # adapters of the routed experts ("experts") and of the shared experts
     dot: str = "cpu"  # DenseGeneral.dot of the gate and the shared experts
 
     def _expert_weights(self, d: int):
@@ -353,6 +355,8 @@ class MoeBlock(nn.Module):
         mask = token_mask.reshape(-1)
         self.sow("intermediates", LB_LOSS_NAME, load_balance_loss(scores, experts, mask, rc.score_func))
         wi, wo = self._expert_weights(d)
+        if self.lora.adapts(EXPERTS):
+            wi, wo = expert_adapters(self, wi, wo, self.lora)
         tokens = tokens.astype(self.dtype)
         out = self._experts(tokens, weights, experts, wi, wo, (b, t, d))
         out = constrain(
@@ -368,6 +372,7 @@ class MoeBlock(nn.Module):
                 precision=self.precision,
                 quant=self.quant,
                 dot=self.dot,
+                lora=self.lora,
                 name="shared_experts",
             )(x)
         return out

@@ -22,6 +22,7 @@ from MaxText.layers.attention import Attention
 from MaxText.layers.common import constrain, dtype_of, precision_of
 from MaxText.layers.embeddings import RopeConfig, yarn_mscale
 from MaxText.layers.linears import MlpBlock
+from MaxText.layers.lora import lora_spec
 from MaxText.layers.normalizations import make_norm
 from MaxText.layers.quantizations import quant_config
 from MaxText.models.spec import Stack
@@ -98,12 +99,13 @@ def norm(cfg: ModelConfig, name: str) -> nn.Module:
 
 
 def numerics(cfg: ModelConfig) -> dict:
-    """The dtype, weight_dtype, precision and quant keyword arguments of a layer, from the config."""
+    """The dtype, weight_dtype, precision, quant and lora keyword arguments of a layer, from the config."""
     return dict(
         dtype=dtype_of(cfg.dtype),
         weight_dtype=dtype_of(cfg.weight_dtype),
         precision=precision_of(cfg.matmul_precision),
         quant=quant_config(cfg),
+        lora=lora_spec(cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules),
     )
 
 
@@ -173,7 +175,8 @@ class DecoderLayer(nn.Module):
     def __call__(self, x, positions, segment_ids, mode, cache=None):
         cfg = self.config
         names = self.NORM_NAMES
-        deterministic = mode != "train" or cfg.dropout_rate == 0.0
+        # Eval applies the model in "train" mode without a dropout rng: no dropout there.
+        deterministic = mode != "train" or cfg.dropout_rate == 0.0 or not self.has_rng("dropout")
         x = constrain(x, _ACT)
         h = norm(cfg, names.pre_attention)(x)
         h, cache = self._attention()(h, positions, segment_ids, mode, cache)

@@ -9,7 +9,7 @@ from MaxText import api
 from MaxText.checkpoint.config_overlay import load_config_from_checkpoint
 from MaxText.config import load_config
 from MaxText.inference import prompt, server
-from MaxText.inference.chat import ChatTemplate
+from MaxText.input_pipeline.chat_template import ChatTemplate
 from MaxText.inference.session import DecodeSession
 from MaxText.tests.helpers import BASE_YML, save_random_params
 

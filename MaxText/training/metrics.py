@@ -21,14 +21,15 @@ def format_duration(seconds: float) -> str:
 
 def step_line(record: dict, total_steps: int, eta_s: float) -> str:
     """One human-readable line: step, loss (and the MoE load-balance and z-losses), lr (and the steps skipped as
-    spikes), grad norm, step time,
+    spikes), grad norm (and, for SFT, the target tokens the loss counted), step time,
     tokens/s, TFLOP/s/device, MFU, ETA."""
     moe = f" (moe_lb {record['moe_lb_loss']:.4f})" if "moe_lb_loss" in record else ""
     z = f" (z_loss {record['z_loss']:.4f})" if "z_loss" in record else ""
     skipped = f" | skipped {record['skipped_steps']}" if "skipped_steps" in record else ""
+    trained = f" | trained {record['trained_tokens']:,} tok" if "trained_tokens" in record else ""
     return (
         f"step {record['step']}/{total_steps} | loss {record['loss']:.4f}{moe}{z} | lr {record['lr']:.3e}{skipped} | "
-        f"grad_norm {record['grad_norm']:.3f} | step {record['step_time_s']:.3f}s | "
+        f"grad_norm {record['grad_norm']:.3f}{trained} | step {record['step_time_s']:.3f}s | "
         f"{record['tokens_per_s']:,.0f} tok/s | {record['tflops_per_device']:.3f} TFLOP/s/dev | "
         f"MFU {100 * record['mfu']:.1f}% | ETA {format_duration(eta_s)}"
     )

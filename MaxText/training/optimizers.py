@@ -23,6 +23,7 @@ from optax import contrib
 from MaxText.config import Config, ConfigError
 from MaxText.config.choices import OptType
 from MaxText.config.errors import suggest
+from MaxText.layers import lora
 from MaxText.training import opt_wrappers, schedules
 
 # Parameters whose last path element is one of these get no weight decay: norm scales and biases (the MoE
@@ -112,10 +113,20 @@ def _muon_split(group: Group, path: str, axes: tuple) -> Group:
     return dataclasses.replace(group, label=f"{group.label}_adamw", opt_type="adamw")
 
 
+def _lora_group(cfg: Config, path: str, default: Group) -> Group:
+    """With lora_rank > 0, what no optimizer_groups entry claims: the adapters train with opt_type, every
+    other parameter (the base) is frozen."""
+    if cfg.lora_rank <= 0 or lora.is_adapter(path):
+        return default
+    return Group(label="lora_base", opt_type=cfg.opt_type, frozen=True, source="lora_rank (base weights)")
+
+
 def assign_groups(cfg: Config, param_axes: dict) -> dict:
     """{parameter path: Group}. param_axes maps each path to its logical axis names."""
     entries = [_entry_group(i, e, cfg.opt_type) for i, e in enumerate(cfg.optimizer_groups)]
     default = Group(label="default", opt_type=cfg.opt_type)
+    if cfg.lora_rank > 0:
+        default = Group(label="lora", opt_type=cfg.opt_type, source="lora_rank (adapters)")
     out, used = {}, set()
     for path, axes in param_axes.items():
         index = next(
@@ -123,7 +134,8 @@ def assign_groups(cfg: Config, param_axes: dict) -> dict:
         )
         if index is not None:
             used.add(index)
-        out[path] = _muon_split(default if index is None else entries[index], path, axes)
+        group = _lora_group(cfg, path, default) if index is None else entries[index]
+        out[path] = _muon_split(group, path, axes)
     for i, entry in enumerate(cfg.optimizer_groups):
         if i not in used:
             raise ConfigError(
@@ -271,7 +283,13 @@ def state_signature(config: dict) -> dict:
         "ema": value("ema_decay") > 0,
         "adafactor_factored": value("adafactor_factored"),
         "sgd_momentum": value("sgd_momentum") > 0,
+        "lora": value("lora_rank") > 0,
     }
+
+
+def trainable_mask(cfg: Config, param_axes: dict) -> dict:
+    """{parameter path: False for frozen parameters}: the train step differentiates the others only."""
+    return {path: not g.frozen for path, g in assign_groups(cfg, param_axes).items()}
 
 
 def state_bytes(tree) -> int:
@@ -280,6 +298,23 @@ def state_bytes(tree) -> int:
 
 def _size(n: int) -> str:
     return f"{n / 2**20:,.2f} MiB" if n >= 2**20 else f"{n / 2**10:,.1f} KiB"
+
+
+def trainable_line(cfg: Config, abstract_state, param_axes: dict) -> str:
+    """What trains: the trainable share of the parameters and the optimizer state's bytes, beside what full
+    fine-tuning of the same model (no adapters, nothing frozen) would keep."""
+    mask = trainable_mask(cfg, param_axes)
+    leaves = jax.tree_util.tree_flatten_with_path(abstract_state.params)[0]
+    total = sum(x.size for _, x in leaves)
+    trained = sum(x.size for p, x in leaves if mask[path_name(p)])
+    base = {path_name(p): x for p, x in leaves if not lora.is_adapter(path_name(p))}
+    full_cfg = cfg.replace(lora_rank=0, optimizer_groups=[])
+    full_tx = make_optimizer(full_cfg, {k: v for k, v in param_axes.items() if k in base})
+    full_bytes = state_bytes(jax.eval_shape(full_tx.init, base))
+    return (
+        f"trainable: {trained:,} of {total:,} params ({100.0 * trained / max(total, 1):.3f}%) | optimizer state "
+        f"{_size(state_bytes(abstract_state.opt_state))} (full fine-tuning: {_size(full_bytes)})"
+    )
 
 
 def describe(cfg: Config, abstract_params, param_axes: dict) -> list:

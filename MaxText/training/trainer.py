@@ -29,7 +29,7 @@ from MaxText.layers import moe, remat
 from MaxText.models import registry
 from MaxText.parallel import distributed, pipeline
 from MaxText.parallel import mesh as mesh_lib
-from MaxText.checkpoint import checkpointing, layer_layout
+from MaxText.checkpoint import adapters, checkpointing, layer_layout
 from MaxText.training import aot, flops, opt_wrappers, optimizers, schedules
 from MaxText.training.metrics import MetricsWriter, format_duration, step_line
 from MaxText.models.transformer import make_model
@@ -74,6 +74,12 @@ class Setup:  # pylint: disable=too-many-instance-attributes
     flops_per_step: float
     peak_tflops: float
     peak_source: str
+    trainable: dict | None = None  # a tree of bools like the params, False where frozen; None: all train
+
+    @property
+    def partial_checkpoints(self) -> bool:
+        """LoRA runs save their adapters (and optimizer state) alone, pointing at the base they adapt."""
+        return self.cfg.lora_rank > 0
 
 
 def data_config(cfg: Config, global_batch: int) -> input_pipeline.DataConfig:
@@ -101,6 +107,10 @@ def data_config(cfg: Config, global_batch: int) -> input_pipeline.DataConfig:
         dataset_name=cfg.dataset_name,
         train_split=cfg.train_split,
         eval_split=cfg.eval_split,
+        use_sft=cfg.use_sft,
+        sft_completion_only=cfg.sft_train_on_completion_only,
+        sft_overlong=cfg.sft_overlong,
+        chat_template=cfg.chat_template,
     )
 
 
@@ -141,8 +151,17 @@ def build(cfg: Config, devices=None) -> Setup:
     model = make_model(mcfg, kernels.platform_of(list(mesh.devices.flat)))
     boxed_params = abstract_boxed_params(model)
     axes = param_axes(boxed_params)
+    _check_lora(cfg)
     tx = optimizers.make_optimizer(cfg, axes)
     abstract_state, shardings = state_shardings(boxed_params, tx, mesh, rules)
+    mask = optimizers.trainable_mask(cfg, axes)
+    trainable = (
+        None
+        if all(mask.values())
+        else jax.tree_util.tree_map_with_path(
+            lambda path, _: mask[optimizers.path_name(path)], abstract_state.params
+        )
+    )
     mesh_lib.check_params_sharded(abstract_state.params, shardings.params, mesh, cfg.sharding_tolerance)
     peak, source = flops.peak_tflops_per_device(cfg.peak_tflops_per_device, mesh.devices.flat[0].device_kind)
     return Setup(
@@ -160,7 +179,21 @@ def build(cfg: Config, devices=None) -> Setup:
         flops_per_step=flops.train_flops_per_step(mcfg, global_batch, cfg.max_target_length),
         peak_tflops=peak,
         peak_source=source,
+        trainable=trainable,
     )
+
+
+def _check_lora(cfg: Config) -> None:
+    if cfg.lora_rank <= 0:
+        return
+    if not cfg.load_parameters_path:
+        raise ConfigError(
+            f"lora_rank={cfg.lora_rank}: adapters train on a base model; set load_parameters_path to its checkpoint"
+        )
+    if cfg.ema_decay > 0:
+        raise ConfigError(
+            f"ema_decay={cfg.ema_decay}: an EMA of the weights is not kept for LoRA runs (lora_rank > 0); set ema_decay=0"
+        )
 
 
 def jit_train_step(s: Setup):
@@ -170,6 +203,7 @@ def jit_train_step(s: Setup):
     step_fn = functools.partial(
         train_step, s.model, s.tx, s.schedule, cfg.z_loss_multiplier, cfg.gradient_accumulation_steps,
         cfg.init_weights_seed, lb_weight=cfg.load_balance_loss_weight, spike_stats=cfg.skip_step_on_spikes,
+        trainable=s.trainable,
     )  # fmt: skip
     return jax.jit(
         step_fn,
@@ -325,14 +359,22 @@ def _restore_step(s: Setup, ckpt, target, step: int) -> tuple:
         return TrainState(step=step_array, params=params, opt_state=opt_state), data_state, meta
     # A run resumed with the other scan_layers setting: restore in the stored layout, then restack the
     # params and the optimizer state that mirrors them (bit-exact); later saves use the new layout.
-    restacks = checkpointing.layout_plan(step_dir, target.params)
-    source = layer_layout.stored_state_abstract(target, restacks) if restacks else target
+    held = target  # a LoRA run's steps hold the adapters alone; the base comes from where meta says
+    if s.partial_checkpoints:
+        held = target.replace(params=adapters.prune(target.params, s.trainable))
+    restacks = checkpointing.layout_plan(step_dir, held.params)
+    source = layer_layout.stored_state_abstract(held, restacks) if restacks else held
     state, data_state, meta = ckpt.restore(step, source)
     if restacks:
-        state = layer_layout.state_to_target(state, restacks, target)
+        state = layer_layout.state_to_target(state, restacks, held)
         log(
             f"converted step {step} from scan_layers={not s.cfg.scan_layers} to scan_layers={s.cfg.scan_layers}"
         )
+    if s.partial_checkpoints:
+        base = meta[adapters.BASE_KEY]
+        frozen = adapters.prune(target.params, adapters.invert(s.trainable))
+        rest = checkpointing.load_params(base["path"], frozen, ema=base["ema"])
+        state = state.replace(params=adapters.merge(state.params, rest))
     return state, data_state, meta
 
 
@@ -365,7 +407,12 @@ def _restore_or_init(s: Setup, ckpt, data_iter, tokenizer_id):
         return state
     state = init_state(s.model, s.tx, cfg.init_weights_seed, s.shardings)
     if cfg.load_parameters_path:
-        params = checkpointing.load_params(cfg.load_parameters_path, target.params, ema=cfg.load_ema_params)
+        wanted = target.params  # LoRA: the base's weights; the adapters start fresh (B = 0)
+        if s.partial_checkpoints:
+            wanted = adapters.prune(target.params, adapters.invert(s.trainable))
+        params = checkpointing.load_params(cfg.load_parameters_path, wanted, ema=cfg.load_ema_params)
+        if s.partial_checkpoints:
+            params = adapters.merge(adapters.prune(state.params, s.trainable), params)
         state = state.replace(params=params)
         log(f"loaded parameters from {cfg.load_parameters_path}")
     return state
@@ -385,6 +432,7 @@ def _step_record(s: Setup, step: int, metrics: dict, seconds_per_step: float, to
         **({"moe_lb_loss": float(metrics["moe_lb_loss"])} if "moe_lb_loss" in metrics else {}),
         **({"z_loss": float(metrics["z_loss"])} if s.cfg.z_loss_multiplier > 0 else {}),
         **({"skipped_steps": int(metrics["skipped_steps"])} if "skipped_steps" in metrics else {}),
+        **({"trained_tokens": int(metrics["tokens"])} if s.cfg.use_sft else {}),  # the masked target count
     }
 
 
@@ -456,7 +504,10 @@ class _Run:  # pylint: disable=too-many-instance-attributes
         data_state = input_pipeline.merge_states(
             checkpointing.gather_from_processes(self.data_iter.get_state())
         )
-        self.ckpt.save(self.step, self.state, data_state, self.meta)
+        state = self.state
+        if self.s.partial_checkpoints:
+            state = state.replace(params=adapters.prune(state.params, self.s.trainable))
+        self.ckpt.save(self.step, state, data_state, self.meta)
         self.saved_step = self.step
         self.mark = (time.perf_counter(), self.step)
 
@@ -488,12 +539,30 @@ def _data_errors(cfg: Config):
         raise ConfigError(f"dataset_type={cfg.dataset_type!r}: {e}") from None
 
 
+def _log_start(s: Setup, state) -> None:
+    """The start-up lines: the model, mesh and batch; the optimizer groups; what trains."""
+    cfg = s.cfg
+    log(
+        f"model: {param_count(state.params):,} params | devices: {s.mesh.devices.size} "
+        f"({jax.devices()[0].device_kind}) mesh {dict(s.mesh.shape)} | global batch {s.global_batch} x "
+        f"{cfg.max_target_length} tokens | {s.flops_per_step / 1e12:.3f} TFLOP/step | "
+        f"peak {s.peak_tflops:.3f} TFLOP/s/dev ({s.peak_source})"
+    )
+    if cfg.opt_type != "adamw" or cfg.optimizer_groups or cfg.lora_rank > 0:
+        for line in optimizers.describe(cfg, s.abstract_state.params, s.param_axes):
+            log(line)
+    if s.trainable is not None:
+        log(optimizers.trainable_line(cfg, s.abstract_state, s.param_axes))
+
+
 def train(cfg: Config, devices=None) -> int:
     """Runs (or resumes) training as configured, on `devices` (default: all). Returns the exit code."""
     s = build(cfg, devices)
     directory = run_dir(cfg)
     dcfg = data_config(cfg, s.global_batch)
     tokenizer, data_iter = _open_data(cfg, dcfg)
+    if cfg.use_sft:
+        log(input_pipeline.sft_summary_line(getattr(data_iter, "stats", None)))
     tokenizer_id = tokenizer.identity() if tokenizer else None
     ckpt = None
     if cfg.enable_checkpointing:
@@ -504,18 +573,13 @@ def train(cfg: Config, devices=None) -> int:
     profiler = _Profiler(cfg, f"{directory}/tensorboard", ckpt.wait if ckpt else None)
     stop = _StopFlag()
     meta = {"config": checkpointing.config_dict(cfg), "tokenizer": tokenizer_id}
+    if s.partial_checkpoints:
+        base_dir = checkpointing.resolve_step_dir(cfg.load_parameters_path)
+        meta[adapters.BASE_KEY] = adapters.base_record(base_dir, cfg.load_ema_params)
     try:
         with mesh_lib.activate(s.mesh, s.rules):
             state = _restore_or_init(s, ckpt, data_iter, tokenizer_id)
-            log(
-                f"model: {param_count(state.params):,} params | devices: {s.mesh.devices.size} "
-                f"({jax.devices()[0].device_kind}) mesh {dict(s.mesh.shape)} | global batch {s.global_batch} x "
-                f"{cfg.max_target_length} tokens | {s.flops_per_step / 1e12:.3f} TFLOP/step | "
-                f"peak {s.peak_tflops:.3f} TFLOP/s/dev ({s.peak_source})"
-            )
-            if cfg.opt_type != "adamw" or cfg.optimizer_groups:
-                for line in optimizers.describe(cfg, s.abstract_state.params, s.param_axes):
-                    log(line)
+            _log_start(s, state)
             if int(state.step) >= cfg.steps:
                 log(
                     f"run {cfg.run_name!r} already trained to step {int(state.step)} (steps={cfg.steps}); nothing to do"

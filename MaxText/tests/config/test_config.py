@@ -1,6 +1,7 @@
 """Config loading, precedence, overrides and every class of user error."""
 
 import dataclasses
+import glob
 import os
 import subprocess
 import sys
@@ -93,6 +94,16 @@ def test_every_shipped_model_yaml_validates(base_yml):
     for name in available_models():
         cfg = load_config([base_yml, f"model_name={name}"])
         assert cfg.model_name == name
+
+
+def test_every_shipped_top_level_yaml_validates():
+    """configs/*.yml (base.yml and the post-training configs such as sft.yml) load as they ship."""
+    shipped = sorted(glob.glob(os.path.join(paths.REPO_ROOT, "configs", "*.yml")))
+    assert "sft.yml" in [os.path.basename(p) for p in shipped]
+    for path in shipped:
+        cfg = load_config([path, "run_name=x"])
+        if os.path.basename(path) == "sft.yml":
+            assert cfg.use_sft and cfg.dataset_type == "hf" and cfg.train_data_columns == "messages"
 
 
 def test_save_config_round_trip(tmp_path, base_yml):

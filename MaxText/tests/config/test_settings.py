@@ -79,7 +79,7 @@ def validate_frozen(value):
 
 
 def _tables():
-    from MaxText.layers import common, linears, normalizations, remat
+    from MaxText.layers import common, linears, lora, normalizations, remat
 
     return [
         (choices.Activation, linears.ACTIVATIONS),
@@ -87,10 +87,11 @@ def _tables():
         (choices.Precision, common.PRECISIONS),
         (choices.NormType, normalizations.NORMS),
         (choices.RematPolicy, remat.NAMES),
+        (choices.LoraTarget, lora.PEFT_MODULES),
     ]
 
 
-@pytest.mark.parametrize("index", range(5))
+@pytest.mark.parametrize("index", range(6))
 def test_each_enum_is_what_its_implementation_implements(index):
     enum_cls, table = _tables()[index]
     assert set(table) == set(enum_cls)
