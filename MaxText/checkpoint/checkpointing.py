@@ -323,6 +323,12 @@ def _load_adapters_onto(step_dir: str, base_path: str, abstract_params, ema: boo
     meta = _read_meta_from(step_dir)
     if adapters.BASE_KEY not in meta:
         raise ConfigError(f"lora_path={step_dir}: not an adapter checkpoint (a LoRA run's step)")
+    stored = orbax_io.tree_metadata(os.path.join(step_dir, "state")).tree.get("params", {})
+    if not any(jax.tree.leaves(adapters.held_mask(abstract_params, stored))):
+        raise ConfigError(
+            f"lora_path={step_dir}: the model has no adapter parameters to read (its config has lora_rank=0; "
+            "the entry points take lora_rank and the targets from the adapter checkpoint)"
+        )
     return _load_partial(step_dir, meta, base_path, ema, abstract_params, False)
 
 

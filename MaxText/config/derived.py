@@ -27,6 +27,8 @@ def _model_fields() -> list:
     fields.append(("remat_custom", tuple, dataclasses.field(default=())))
     # Not a setting: the kernels this model runs on its target (kernels/plan.py), set by models.make_model.
     fields.append(("kernel_plan", object, dataclasses.field(default=None)))
+    # Not a setting: each batch row applies its own LoRA adapter (several served at once; layers/lora.py).
+    fields.append(("lora_rows", bool, dataclasses.field(default=False)))
     return fields
 
 

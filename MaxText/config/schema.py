@@ -364,6 +364,7 @@ class Config:  # pylint: disable=too-many-instance-attributes
     lora_dropout: float = _post_training(0.0, "Dropout on the adapters' input during training.", ge=0, le=1, model=True)
     lora_target_modules: list = _post_training(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], "Projections that get adapters, named as PEFT names them (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj; MLA's q_a_proj, q_b_proj, kv_a_proj_with_mqa, kv_b_proj; experts: the routed experts).", model=True, saved=True)
     lora_path: str = _post_training("", "decode, chat, api.load: apply the LoRA adapters of this run or step directory (unmerged).")
+    lora_paths: str = _post_training("", "MaxText.serve: LoRA adapters served at once beside the base, name=dir,name=dir; a request's model field picks one (same rank and targets).")
 
     # fmt: on
 

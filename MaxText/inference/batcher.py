@@ -46,6 +46,7 @@ class Request:
     stop: tuple = ()
     ignore_eos: bool = False
     on_event: Callable = lambda event: None
+    adapter: int = 0  # the served LoRA adapter this request runs with (0: the base; inference/adapters.py)
     request_id: int = dataclasses.field(default_factory=itertools.count().__next__)
 
 
@@ -219,7 +220,7 @@ class Batcher:
                 if not self.engine.can_insert(len(req.prompt), req.max_tokens):
                     return  # back-pressure: wait for running requests to release pages (FIFO order)
                 self._waiting.popleft()
-            prefix = self.engine.prefill(req.prompt, req.max_tokens, req.sampling)
+            prefix = self.engine.prefill(req.prompt, req.max_tokens, req.sampling, req.adapter)
             self.state = self.engine.insert(prefix, self.state, slot)
             self.slots[slot] = live
             first = int(prefix.first_token)

@@ -30,6 +30,7 @@ from MaxText.inference.kv_cache import (
 from MaxText.inference.page_manager import PageManager
 from MaxText.inference.sampling import sample_rows
 from MaxText.kernels.paged import NULL_PAGE
+from MaxText.inference.adapters import AdapterSet
 from MaxText.models.transformer import make_model, unstack_layers
 
 
@@ -104,6 +105,7 @@ class Prefix:
     length: int
     max_tokens: int
     sampling: SamplingParams
+    adapter: int = 0  # 0: the base alone; k: the k-th served LoRA adapter (AdapterSet)
 
 
 def request_keys(seeds, steps):
@@ -121,10 +123,16 @@ class Engine:
     """Compiled prefill / insert / generate / release over one model. State is a pytree the caller threads
     through (donated on every call); the host-side PageManager tracks which pages each slot holds."""
 
-    def __init__(self, model, params, config: EngineConfig):
+    def __init__(self, model, params, config: EngineConfig, adapters: AdapterSet | None = None):
         if model.config.scan_layers:  # DECODE_LAYOUT
             unscanned = model.config.replace(**DECODE_LAYOUT)
+            if adapters is not None:
+                adapters = adapters.map_trees(lambda t: unstack_layers(t, model.config))
             model, params = make_model(unscanned), unstack_layers(params, model.config)
+        # Several LoRA adapters at once: every row gathers its own from the stack (layers/lora.py rows).
+        self.adapters = adapters.stacked() if adapters is not None else None
+        if adapters is not None:
+            model = make_model(adapters.model_config(model.config))
         self.model, self.params, self.config = model, params, config
         self.pages = (
             PageManager(config.pool_pages, config.page_size, config.pages_per_request)
@@ -133,12 +141,17 @@ class Engine:
         )
         self._prefill = jax.jit(self._prefill_fn)
         self._insert = jax.jit(self._insert_fn, donate_argnums=(0,))
-        self._generate = jax.jit(self._generate_fn, donate_argnums=(1,))
+        self._generate = jax.jit(self._generate_fn, donate_argnums=(2,))
         self._release = jax.jit(self._release_fn, donate_argnums=(0,))
 
     # ---- device functions (pure) ----
 
-    def _prefill_fn(self, params, ids, length, temperature, top_k, top_p, seed):
+    def _with_rows(self, params, stack, adapter_ids):
+        """The params with every row's adapter gathered in (just the params when no adapters are served)."""
+        return params if stack is None else AdapterSet.with_rows(params, stack, adapter_ids)
+
+    def _prefill_fn(self, params, stack, ids, length, temperature, top_k, top_p, seed, adapter):
+        params = self._with_rows(params, stack, adapter[None])
         cache = per_layer(init_cache(self.model.config, 1, ids.shape[1]))
         logits, cache = prefill(self.model, params, ids, length[None], cache)
         token = sample_rows(
@@ -150,7 +163,7 @@ class Engine:
         )
         return token[0], cache
 
-    def _insert_fn(self, state, prefix_cache, slot, token, length, table_row, sampling):
+    def _insert_fn(self, state, prefix_cache, slot, token, length, table_row, sampling, adapter):
         cache = state["cache"]
         if self.config.paged:
             positions = jnp.arange(jax.tree.leaves(prefix_cache)[0].shape[2], dtype=jnp.int32)[None]
@@ -170,14 +183,15 @@ class Engine:
         temperature, top_k, top_p, seed = sampling
         updates = dict(
             tokens=token, positions=length, steps=1, active=True, temperature=temperature,
-            top_k=top_k, top_p=top_p, seeds=seed,
+            top_k=top_k, top_p=top_p, seeds=seed, adapter=adapter,
         )  # fmt: skip
         state = {**state, **{k: state[k].at[slot].set(v) for k, v in updates.items()}, "cache": cache}
         if self.config.paged:
             state["table"] = state["table"].at[slot].set(table_row)
         return state
 
-    def _generate_fn(self, params, state):
+    def _generate_fn(self, params, stack, state):
+        params = self._with_rows(params, stack, state["adapter"])
         cache = state["cache"]
         if self.config.paged:
             cache = with_page_table(cache, state["table"])
@@ -227,6 +241,7 @@ class Engine:
             "top_k": jnp.zeros((b,), jnp.int32),
             "top_p": jnp.ones((b,), jnp.float32),
             "seeds": jnp.zeros((b,), jnp.uint32),
+            "adapter": jnp.zeros((b,), jnp.int32),
         }
         if cfg.paged:
             state["table"] = jnp.full((b, cfg.pages_per_request), NULL_PAGE, jnp.int32)
@@ -243,14 +258,22 @@ class Engine:
                 f"total of at most {self.config.max_length} (the context length)"
             )
 
-    def prefill(self, prompt, max_tokens: int, sampling: SamplingParams = SamplingParams()) -> Prefix:
-        """Runs the prompt (token ids) alone, padded to its bucket; samples the first new token."""
+    def prefill(
+        self, prompt, max_tokens: int, sampling: SamplingParams = SamplingParams(), adapter: int = 0
+    ) -> Prefix:
+        """Runs the prompt (token ids) alone, padded to its bucket; samples the first new token. adapter: 0
+        for the base, k for the k-th served adapter."""
         self.check_request(len(prompt), max_tokens)
+        num = 0 if self.adapters is None else AdapterSet.count(self.adapters)
+        if not 0 <= adapter <= num:
+            raise ValueError(f"adapter={adapter}: this engine serves adapters 1 to {num} (0 = the base)")
         bucket = self.config.bucket_for(len(prompt))
         ids = np.zeros((1, bucket), np.int32)
         ids[0, : len(prompt)] = prompt
-        token, cache = self._prefill(self.params, ids, np.int32(len(prompt)), *sampling.arrays())
-        return Prefix(cache, token, len(prompt), max_tokens, sampling)
+        token, cache = self._prefill(
+            self.params, self.adapters, ids, np.int32(len(prompt)), *sampling.arrays(), np.int32(adapter)
+        )
+        return Prefix(cache, token, len(prompt), max_tokens, sampling, adapter)
 
     def can_insert(self, prompt_len: int, max_tokens: int) -> bool:
         """False while the page pool is too full for this request (back-pressure: wait for releases)."""
@@ -264,12 +287,12 @@ class Engine:
             row = np.zeros((1,), np.int32)
         return self._insert(
             state, prefix.cache, np.int32(slot), prefix.first_token, np.int32(prefix.length), row,
-            prefix.sampling.arrays(),
+            prefix.sampling.arrays(), np.int32(prefix.adapter),
         )  # fmt: skip
 
     def generate(self, state: dict):
         """One decode step for every slot -> (state, next tokens [B] as numpy; inactive slots give 0)."""
-        state, tokens = self._generate(self.params, state)
+        state, tokens = self._generate(self.params, self.adapters, state)
         return state, np.asarray(tokens)
 
     def release(self, state: dict, slot: int) -> dict:

@@ -129,6 +129,11 @@ class Service:
                     traceback.print_exc()
                     self.batcher.fail_all("error")
 
+    @property
+    def model_ids(self) -> list:
+        """What /v1/models lists and a request's `model` may name: the base, then each served adapter."""
+        return [self.model_id, *self.session.adapter_names]
+
     def submit(self, prompt_ids, body: "_Common", max_tokens: int, sampling: SamplingParams):
         """Queues a request; returns (Request, asyncio.Queue of events)."""
         if self.batcher.queue_depth >= self.cfg.max_queue_size:
@@ -136,9 +141,10 @@ class Service:
                            "rate_limit_error")  # fmt: skip
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
         stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+        adapter = self.model_ids.index(body.model) if body.model is not None else 0
         request = Request(
             prompt_ids, max_tokens, sampling, stop=stop, ignore_eos=body.ignore_eos,
-            on_event=lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
+            on_event=lambda event: loop.call_soon_threadsafe(events.put_nowait, event), adapter=adapter,
         )  # fmt: skip
         self.batcher.submit(request)
         with self._wake:
@@ -148,8 +154,9 @@ class Service:
 
 def _check(body: _Common, service: Service, prompt_ids, max_tokens: Optional[int]):
     """Validates the request against the model -> (max_tokens, SamplingParams). Raises ApiError (4xx)."""
-    if body.model is not None and body.model != service.model_id:
-        raise ApiError(404, f"model {body.model!r} does not exist; this server serves {service.model_id!r}",
+    if body.model is not None and body.model not in service.model_ids:
+        served = ", ".join(repr(m) for m in service.model_ids)
+        raise ApiError(404, f"model {body.model!r} does not exist; this server serves {served}",
                        "model", "not_found_error")  # fmt: skip
     if body.n != 1:
         raise ApiError(400, f"n={body.n}: only n=1 is supported", "n")
@@ -239,12 +246,14 @@ async def _serve(service: Service, http_request, body: _Common, prompt_ids, max_
 
         async def sse():
             if kind == "chat":  # OpenAI opens a chat stream with the role
-                opening = _chunk(kind, rid, service.model_id, created, "", None)
+                opening = _chunk(kind, rid, body.model or service.model_id, created, "", None)
                 opening["choices"][0]["delta"] = {"role": "assistant", "content": ""}
                 yield f"data: {json.dumps(opening)}\n\n"
             async for event in events_until_done():
                 if event.text or event.finished:
-                    chunk = _chunk(kind, rid, service.model_id, created, event.text, event.finish_reason)
+                    chunk = _chunk(
+                        kind, rid, body.model or service.model_id, created, event.text, event.finish_reason
+                    )
                     yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
             yield "data: [DONE]\n\n"
 
@@ -266,7 +275,7 @@ async def _serve(service: Service, http_request, body: _Common, prompt_ids, max_
         "id": rid,
         "object": "chat.completion" if kind == "chat" else "text_completion",
         "created": created,
-        "model": service.model_id,
+        "model": body.model or service.model_id,
         "choices": [choice],
         "usage": {
             "prompt_tokens": len(prompt_ids),
@@ -316,8 +325,9 @@ def make_app(service: Service) -> fastapi.FastAPI:
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": service.model_id, "object": "model", "created": 0,
-                                            "owned_by": "maxtext"}]}  # fmt: skip
+        return {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "maxtext",
+                                            **({"parent": service.model_id} if m != service.model_id else {})}
+                                           for m in service.model_ids]}  # fmt: skip
 
     @app.post("/v1/completions")
     async def completions(request: fastapi.Request):

@@ -5,12 +5,16 @@ import time
 import flax.linen as nn
 import jax
 
-from MaxText.config import Config, model_config
+from MaxText.config import Config, ConfigError, model_config
+from MaxText.checkpoint import adapters as partial
+from MaxText.checkpoint.config_overlay import adapter_keys
+from MaxText.inference.adapters import AdapterSet
 from MaxText.inference.batcher import Batcher, Request
 from MaxText.inference.engine import Engine, EngineConfig, SamplingParams, default_buckets
 from MaxText.inference.prompt import PromptTokenizer
 from MaxText.parallel import mesh as mesh_lib
 from MaxText.checkpoint import checkpointing
+from MaxText.layers import lora
 from MaxText.models.transformer import init_params_boxed, make_model
 
 
@@ -49,16 +53,70 @@ def abstract_params(cfg: Config, mesh, rules):
     return model, checkpointing.abstract_with_shardings(nn.unbox(boxed), shardings)
 
 
+def parse_lora_paths(spec: str) -> list:
+    """[(name, directory)] of lora_paths="name=dir,name=dir"."""
+    pairs = []
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        name, sep, directory = part.partition("=")
+        if not sep or not name.strip() or not directory.strip():
+            raise ConfigError(f"lora_paths={spec!r}: {part!r} is not name=directory")
+        pairs.append((name.strip(), directory.strip()))
+    names = [n for n, _ in pairs]
+    duplicate = next((n for n in names if names.count(n) > 1), None)
+    if duplicate:
+        raise ConfigError(f"lora_paths={spec!r}: the name {duplicate!r} is given twice")
+    return pairs
+
+
+def load_adapter_set(cfg: Config, mesh, rules):
+    """The adapters of lora_paths (None when it is empty), each read from its run or step directory."""
+    pairs = parse_lora_paths(cfg.lora_paths)
+    if not pairs:
+        return None
+    if cfg.lora_path or cfg.lora_rank > 0:
+        raise ConfigError(
+            "lora_paths: serves adapters beside a base model; give load_parameters_path the base (not a LoRA "
+            "run) and no lora_path"
+        )
+    keys = [adapter_keys(directory) for _, directory in pairs]
+    rank, targets = keys[0]["lora_rank"], sorted(keys[0]["lora_target_modules"])
+    for (name, directory), k in zip(pairs, keys):
+        if k["lora_rank"] != rank or sorted(k["lora_target_modules"]) != targets:
+            raise ConfigError(
+                f"lora_paths: adapter {name!r} ({directory}) has lora_rank={k['lora_rank']} on "
+                f"{sorted(k['lora_target_modules'])}, {pairs[0][0]!r} has lora_rank={rank} on {targets}; "
+                "adapters served together need the same rank and targets"
+            )
+    _, target = abstract_params(cfg.replace(lora_rank=rank, lora_target_modules=targets), mesh, rules)
+    only = jax.tree_util.tree_map_with_path(
+        lambda p, _: lora.is_adapter("/".join(str(k.key) for k in p)), target
+    )
+    wanted = partial.prune(target, only)
+    trees = [checkpointing.load_params(directory, wanted) for _, directory in pairs]
+    try:
+        return AdapterSet(
+            names=tuple(n for n, _ in pairs), rank=rank, targets=tuple(targets), trees=tuple(trees),
+            scales=tuple(float(k["lora_alpha"]) / rank for k in keys),
+        )  # fmt: skip
+    except ValueError as e:
+        raise ConfigError(f"lora_paths: {e}") from None
+
+
 class DecodeSession:
     """Holds model, params, tokenizer (a PromptTokenizer: prompts encode by inference/prompt.py's rule),
     engine and batcher. Build with from_checkpoint or from parts."""
 
-    def __init__(self, cfg: Config, model, params, tokenizer, mesh, rules):
+    def __init__(
+        self, cfg: Config, model, params, tokenizer, mesh, rules, adapters: AdapterSet | None = None
+    ):
         if not isinstance(tokenizer, PromptTokenizer):
             tokenizer = PromptTokenizer(tokenizer, cfg.add_bos)
         self.cfg, self.model, self.params, self.tokenizer = cfg, model, params, tokenizer
         self.mesh, self.rules = mesh, rules
-        self.engine = Engine(model, params, engine_config(cfg))
+        self.adapter_names = adapters.names if adapters is not None else ()  # request adapter k: names[k - 1]
+        self.engine = Engine(model, params, engine_config(cfg), adapters)
         self.params = self.engine.params  # the engine's (unscanned) copy; let the scanned one go
         self.batcher = Batcher(self.engine, tokenizer.eos_id, tokenizer.decode)
         self.compile_s = 0.0
@@ -66,9 +124,10 @@ class DecodeSession:
     @classmethod
     def from_checkpoint(cls, cfg: Config, path: str) -> "DecodeSession":
         mesh, rules = mesh_lib.make_mesh(cfg), mesh_lib.axis_rules(cfg)
+        adapters = load_adapter_set(cfg, mesh, rules)
         model, target = abstract_params(cfg, mesh, rules)
         params = checkpointing.load_params(path, target, ema=cfg.load_ema_params, lora_path=cfg.lora_path)
-        return cls(cfg, model, params, PromptTokenizer.from_config(cfg), mesh, rules)
+        return cls(cfg, model, params, PromptTokenizer.from_config(cfg), mesh, rules, adapters)
 
     def encode_prompt(self, text: str) -> list:
         """The prompt's ids by the one rule (inference/prompt.py), as api.load's tokenizer encodes it."""

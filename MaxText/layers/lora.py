@@ -48,21 +48,24 @@ class LoraSpec:
     alpha: float = 16.0
     dropout: float = 0.0
     targets: tuple = ()
+    # Serving several adapters at once: each batch row b brings its own, lora_a [*in, B, r] and lora_b
+    # [B, r, *out] (gathered per row from the stacked adapters by the engine, their scales folded into B).
+    rows: bool = False
 
     @property
     def scale(self) -> float:
-        return self.alpha / self.rank
+        return 1.0 if self.rows else self.alpha / self.rank
 
     def adapts(self, module_name: str) -> bool:
         return self.rank > 0 and module_name in self.targets
 
 
-def lora_spec(rank: int, alpha: float, dropout: float, target_modules) -> LoraSpec:
+def lora_spec(rank: int, alpha: float, dropout: float, target_modules, rows: bool = False) -> LoraSpec:
     """The spec of a model config's lora_* fields (names checked by config validation)."""
     if rank <= 0:
         return LoraSpec()
     targets = tuple(sorted({ours for name in target_modules for ours in PEFT_MODULES.get(name, ())}))
-    return LoraSpec(rank=rank, alpha=float(alpha), dropout=float(dropout), targets=targets)
+    return LoraSpec(rank=rank, alpha=float(alpha), dropout=float(dropout), targets=targets, rows=rows)
 
 
 def _kaiming_uniform_in(num_in: int):
@@ -85,21 +88,27 @@ def lora_delta(module: nn.Module, x, spec: LoraSpec, num_in: int, features: tupl
     in_shape = x.shape[x.ndim - num_in :]
     in_axes = tuple(kernel_axes[:num_in]) if kernel_axes else ()
     out_axes = tuple(kernel_axes[num_in:]) if kernel_axes else ()
+    rows = (x.shape[0],) if spec.rows else ()
     a = param_with_axes(
-        module, "lora_a", _kaiming_uniform_in(num_in), in_shape + (spec.rank,), jnp.float32,
-        (in_axes + (None,)) if kernel_axes else (),
+        module, "lora_a", _kaiming_uniform_in(num_in), in_shape + rows + (spec.rank,), jnp.float32,
+        (in_axes + (None,) * (1 + len(rows))) if kernel_axes else (),
     )  # fmt: skip
     b = param_with_axes(
-        module, "lora_b", nn.initializers.zeros, (spec.rank,) + tuple(features), jnp.float32,
-        ((None,) + out_axes) if kernel_axes else (),
+        module, "lora_b", nn.initializers.zeros, rows + (spec.rank,) + tuple(features), jnp.float32,
+        ((None,) * (1 + len(rows)) + out_axes) if kernel_axes else (),
     )  # fmt: skip
     if spec.dropout > 0.0:
         x = nn.Dropout(spec.dropout)(x, deterministic=not module.has_rng("dropout"))
+    a, b = a.astype(dtype), b.astype(dtype)
     batch = x.ndim - num_in
-    h = jax.lax.dot_general(
-        x, a.astype(dtype), ((tuple(range(batch, x.ndim)), tuple(range(num_in))), ((), ()))
-    )
-    y = jax.lax.dot_general(h, b.astype(dtype), (((h.ndim - 1,), (0,)), ((), ())))
+    if spec.rows:  # row n of x (its first axis) through adapter row n
+        letters = "abcdefghijklm"
+        xs, ins, outs = letters[1:batch], letters[batch : batch + num_in], "uvwxyz"[: len(features)]
+        h = jnp.einsum(f"n{xs}{ins},{ins}nr->n{xs}r", x, a)
+        y = jnp.einsum(f"n{xs}r,nr{outs}->n{xs}{outs}", h, b)
+    else:
+        h = jax.lax.dot_general(x, a, ((tuple(range(batch, x.ndim)), tuple(range(num_in))), ((), ())))
+        y = jax.lax.dot_general(h, b, (((h.ndim - 1,), (0,)), ((), ())))
     return (spec.scale * y).astype(dtype)
 
 

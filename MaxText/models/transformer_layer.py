@@ -105,7 +105,9 @@ def numerics(cfg: ModelConfig) -> dict:
         weight_dtype=dtype_of(cfg.weight_dtype),
         precision=precision_of(cfg.matmul_precision),
         quant=quant_config(cfg),
-        lora=lora_spec(cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules),
+        lora=lora_spec(
+            cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules, cfg.lora_rows
+        ),
     )
 
 

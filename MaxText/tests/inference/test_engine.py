@@ -119,8 +119,8 @@ class _ScriptedEngine:
         del prompt_len, max_tokens
         return True
 
-    def prefill(self, prompt, max_tokens, sampling):
-        del prompt, max_tokens, sampling
+    def prefill(self, prompt, max_tokens, sampling, adapter=0):
+        del prompt, max_tokens, sampling, adapter
         return type("P", (), {"first_token": self.script.pop(0)})()
 
     def insert(self, prefix, state, slot):
