@@ -84,7 +84,7 @@ def test_adapters_alone_train_save_and_resume_bitwise(trained):
     assert resumed == full[2:]
 
 
-def test_sharded_lora_equals_one_device(base):
+def test_sharded_and_accumulated_lora_equal_one_device(base):
     _, base_step = base
     overrides = [*LORA, f"load_parameters_path={base_step}", "per_device_batch_size=1"]
     one, _ = helpers.run_steps(overrides + ["per_device_batch_size=8"], num_devices=1, steps=3)
@@ -92,6 +92,11 @@ def test_sharded_lora_equals_one_device(base):
         overrides + ["ici_fsdp_parallelism=4", "ici_tensor_parallelism=2"], num_devices=8, steps=3
     )
     np.testing.assert_allclose(sharded, one, rtol=2e-5)
+    # Microbatches differentiate the adapters alone, as the whole batch does.
+    accumulated, _ = helpers.run_steps(
+        overrides + ["per_device_batch_size=8", "gradient_accumulation_steps=2"], num_devices=1, steps=3
+    )
+    np.testing.assert_allclose(accumulated, one, rtol=2e-5)
 
 
 def test_a_lora_run_resumes_with_scan_layers_off(trained):
