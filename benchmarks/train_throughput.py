@@ -56,7 +56,8 @@ PRESETS = {
 
 FLOPS_FORMULA = (
     "6 * P_matmul * B * T + 12 * B * pairs * N * H * L + 6 * B * T * D * V "
-    "(P_matmul = non-embedding matmul params, pairs = T^2/2 causal; remat recompute not counted)"
+    "(P_matmul = non-embedding matmul params, pairs = T^2/2 causal; remat recompute not counted; LoRA: frozen "
+    "weights and logits 4 instead of 6, adapter params 6, MaxText/training/flops.py)"
 )
 
 

@@ -11,6 +11,11 @@ MoE layers the router and the top-k routed and the shared experts, not the idle 
 layers with a window W < T (Gemma 2/3 alternate windowed and global layers). The per-layer pair count
 replaces DESIGN's `S^2 x layers / 2`; they agree when no layer has a window.
 MFU = (FLOPs per step / step time) / (devices x peak FLOP/s per device).
+
+LoRA (lora_rank > 0): a frozen weight needs no weight gradient, so the frozen matmuls and the output logits
+count 4 (forward + input gradient) instead of 6, and every adapter parameter a token goes through counts
+6 (`adapter_params`: the adapters' lora_a and lora_b sizes over all layers). Adapted routed experts keep 6:
+their effective weight W + AB is differentiated whole before the gradient reaches A and B.
 """
 
 import time
@@ -79,13 +84,30 @@ def score_and_value_dims(cfg: ModelConfig) -> int:
     return registry.family(cfg.decoder_block).score_value_dims(cfg)
 
 
-def train_flops_per_step(cfg: ModelConfig, batch: int, length: int) -> float:
+def routed_expert_params_all_layers(cfg: ModelConfig) -> int:
+    """The routed experts' matmul parameters a token goes through (its top-k experts), over all MoE layers."""
+    total = 0
+    for stack in registry.stacks(cfg):
+        if getattr(stack.block, "MOE", False):
+            layers = stack.length * len(stack.sublayers or (None,))
+            matrices = len(cfg.mlp_activations) + 1
+            total += layers * cfg.num_experts_per_tok * matrices * cfg.emb_dim * cfg.moe_mlp_dim
+    return total
+
+
+def train_flops_per_step(cfg: ModelConfig, batch: int, length: int, adapter_params: int = 0) -> float:
+    """The model's FLOPs of one training step (module docstring); adapter_params for LoRA runs."""
     tokens = batch * length
-    weights = 6 * matmul_params_all_layers(cfg) * tokens
+    matmul = matmul_params_all_layers(cfg)
+    weights = 6 * matmul * tokens
     attention = (
         6 * batch * attended_pairs_all_layers(cfg, length) * cfg.num_query_heads * score_and_value_dims(cfg)
     )
     logits = 6 * tokens * cfg.emb_dim * cfg.vocab_size
+    if cfg.lora_rank > 0:
+        differentiated = routed_expert_params_all_layers(cfg) if "experts" in cfg.lora_target_modules else 0
+        weights += -2 * (matmul - differentiated) * tokens + 6 * adapter_params * tokens
+        logits -= 2 * tokens * cfg.emb_dim * cfg.vocab_size
     return float(weights + attention + logits)
 
 

@@ -176,10 +176,20 @@ def build(cfg: Config, devices=None) -> Setup:
         shardings=shardings,
         batch_sharding=mesh_lib.logical_sharding(mesh, rules, ("activation_batch", "activation_length")),
         global_batch=global_batch,
-        flops_per_step=flops.train_flops_per_step(mcfg, global_batch, cfg.max_target_length),
+        flops_per_step=flops.train_flops_per_step(
+            mcfg, global_batch, cfg.max_target_length, _adapter_params(abstract_state.params)
+        ),
         peak_tflops=peak,
         peak_source=source,
         trainable=trainable,
+    )
+
+
+def _adapter_params(params) -> int:
+    """Parameters of the LoRA adapters a token goes through (not the routed experts'; training/flops.py)."""
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    return sum(
+        x.size for p, x in leaves if optimizers.path_name(p).rsplit("/", 1)[-1] in ("lora_a", "lora_b")
     )
 
 

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from MaxText.checkpoint import checkpointing, orbax_io
-from MaxText.config import ConfigError, load_config
+from MaxText.config import ConfigError, load_config, model_config
 from MaxText.conversion import quantize
 from MaxText.layers import lora
 from MaxText.tests import helpers
-from MaxText.training import trainer
+from MaxText.training import flops, trainer
 
 # Tiny adapters (rank 4 beside 32-wide layers) replicate a large share of this model; real ones do not.
 LORA = [
@@ -142,3 +142,22 @@ def test_lora_refuses_a_run_without_a_base(base):
     with pytest.raises(ConfigError, match="lora_target_modules contains 'q_prj'.*did you mean 'q_proj'"):
         load_config([helpers.BASE_YML, *helpers.TINY, "lora_rank=4", "lora_target_modules=[q_prj,v_proj]"])
     del base
+
+
+def test_lora_flops_skip_the_frozen_weight_gradients(base):
+    """A frozen weight costs forward + input gradient (4 per parameter and token), an adapter all 6."""
+    _, base_step = base
+    full = trainer.build(load_config([helpers.BASE_YML, *helpers.TINY]))
+    adapted = trainer.build(
+        load_config([helpers.BASE_YML, *helpers.TINY, *LORA, f"load_parameters_path={base_step}"])
+    )
+    mcfg = model_config(adapted.cfg)
+    tokens = adapted.global_batch * adapted.cfg.max_target_length
+    leaves = jax.tree_util.tree_flatten_with_path(adapted.abstract_state.params)[0]
+    adapter = sum(x.size for p, x in leaves if lora.is_adapter("/".join(str(k.key) for k in p)))
+    assert adapter == 4096
+    frozen = flops.matmul_params_all_layers(mcfg) + mcfg.emb_dim * mcfg.vocab_size
+    assert adapted.flops_per_step == pytest.approx(
+        full.flops_per_step - 2 * frozen * tokens + 6 * adapter * tokens
+    )
+    assert adapted.flops_per_step < full.flops_per_step
