@@ -6,10 +6,12 @@
 #
 #   bash end_to_end/hf_roundtrip.sh [FAMILY ...]   default (what CI runs): llama3 gemma2
 #   FULL=1 bash end_to_end/hf_roundtrip.sh         every family: llama2 llama3 mistral gemma gemma2 gemma3 qwen3
-#                                                  and the MoE families mixtral qwen3_moe deepseek2 deepseek3
+#                                                  olmo3 and the MoE families mixtral qwen3_moe (also
+#                                                  qwen3_moe_dense: a dense first layer) deepseek2 deepseek3
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-ALL_FAMILIES=(llama2 llama3 mistral gemma gemma2 gemma3 qwen3 mixtral qwen3_moe deepseek2 deepseek3)
+ALL_FAMILIES=(llama2 llama3 mistral gemma gemma2 gemma3 qwen3 olmo3 mixtral qwen3_moe qwen3_moe_dense deepseek2
+  deepseek3)
 if [[ $# -gt 0 ]]; then
   FAMILIES=("$@")
 elif [[ "${FULL:-0}" == "1" ]]; then

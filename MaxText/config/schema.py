@@ -150,6 +150,8 @@ class Config:  # pylint: disable=too-many-instance-attributes
     trainable_position_size: int = _model_shape(0, "Rows of a learned absolute position table added to the token embeddings (GPT-3); 0 = none.", ge=0, model=True, saved=True)
     use_bias: bool = _model_shape(False, "Biases in the attention and MLP projections (GPT-3).", model=True, saved=True)
     use_qk_norm: bool = _model_shape(False, "RMSNorm over the head dim of queries and keys before RoPE (Qwen 3, Gemma 3).", model=True, saved=True)
+    qk_norm_across_heads: bool = _model_shape(False, "use_qk_norm: one RMSNorm over all heads of q (N*H) and one over all of k (K*H), scales of those sizes (OLMo 3).", model=True, saved=True)
+    use_pre_norms: bool = _model_shape(True, "Norm the inputs of attention and the MLP; false leaves only the post norms, x + norm(f(x)) (OLMo 3).", model=True, saved=True)
     use_post_attn_norm: bool = _model_shape(False, "Norm the attention output before its residual add (Gemma 2 and 3).", model=True, saved=True)
     use_post_ffw_norm: bool = _model_shape(False, "Norm the MLP output before its residual add (Gemma 2 and 3).", model=True, saved=True)
     query_pre_attn_scalar: float = _model_shape(0.0, "Attention scores are scaled by query_pre_attn_scalar**-0.5 (Gemma 2 and 3); 0 = head_dim.", ge=0, model=True, saved=True)

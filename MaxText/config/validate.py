@@ -234,6 +234,11 @@ def check_cross_field(cfg: Config) -> None:
             + suggest(str(act), activations),
         )
     _require(cfg.head_dim % 2 == 0, f"head_dim={cfg.head_dim}: rotary embeddings need an even head dimension")
+    _require(
+        cfg.use_qk_norm or not cfg.qk_norm_across_heads,
+        "qk_norm_across_heads=true: it shapes the qk-norm that use_qk_norm=false leaves out; expected "
+        "use_qk_norm=true",
+    )
     if cfg.rope_type == "llama3":
         _require(
             cfg.rope_high_freq_factor > cfg.rope_low_freq_factor,

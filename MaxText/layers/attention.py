@@ -77,7 +77,9 @@ class Attention(nn.Module):
     [K, H], [D] with use_bias, and query_norm/key_norm scales [H] with qk_norm).
 
     scale defaults to 1/sqrt(H); it is applied to the scores, never folded into the weights.
-    qk_norm: RMSNorm over H of each query and key head before RoPE, computing x_hat * (qk_norm_offset + w).
+    qk_norm: RMSNorm over H of each query and key head before RoPE, computing x_hat * (qk_norm_offset + w);
+    with qk_norm_across_heads one RMSNorm over all N*H query features and one over all K*H key features
+    (scales [N*H], [K*H]), as OLMo 3 normalises the whole projection.
     """
 
     num_query_heads: int
@@ -93,6 +95,7 @@ class Attention(nn.Module):
     qk_norm: bool = False
     qk_norm_epsilon: float = 1e-6
     qk_norm_offset: float = 0.0
+    qk_norm_across_heads: bool = False
     dtype: jnp.dtype = jnp.float32
     weight_dtype: jnp.dtype = jnp.float32
     precision: jax.lax.Precision = jax.lax.Precision.DEFAULT
@@ -136,8 +139,12 @@ class Attention(nn.Module):
                 dtype=self.dtype,
                 weight_dtype=self.weight_dtype,
             )
-            q = RMSNorm(name="query_norm", **norm)(q)
-            k = RMSNorm(name="key_norm", **norm)(k)
+            if self.qk_norm_across_heads:
+                q = RMSNorm(name="query_norm", **norm)(q.reshape(*q.shape[:-2], n * h)).reshape(q.shape)
+                k = RMSNorm(name="key_norm", **norm)(k.reshape(*k.shape[:-2], kh * h)).reshape(k.shape)
+            else:
+                q = RMSNorm(name="query_norm", **norm)(q)
+                k = RMSNorm(name="key_norm", **norm)(k)
         if self.rope is not None:
             q, k = apply_rope(q, positions, self.rope), apply_rope(k, positions, self.rope)
         q = constrain(q, ("activation_batch", "activation_length", "activation_heads", "activation_kv"))

@@ -22,7 +22,13 @@ PLAIN = dict(use_qk_norm=False, normalization_scale_offset=0.0, scale_embeddings
 GEMMA = dict(normalization_scale_offset=1.0, scale_embeddings_by_sqrt_dim=True)
 SANDWICH = dict(GEMMA, use_post_attn_norm=True, use_post_ffw_norm=True)
 SOFTMAX = dict(moe_score_func="softmax", moe_score_correction_bias=False, moe_group_score="max")
-_COMMON = dict(normalization_type="rmsnorm", use_bias=False, trainable_position_size=0)
+_COMMON = dict(
+    normalization_type="rmsnorm",
+    use_bias=False,
+    trainable_position_size=0,
+    use_pre_norms=True,
+    qk_norm_across_heads=False,
+)
 ACTIVATIONS = {
     "silu": "silu",
     "swish": "silu",

@@ -1,5 +1,5 @@
 """Hugging Face <-> MaxText parameters for every family with a Hugging Face checkpoint: llama2 (Llama 2 and
-3), mistral, gemma, gemma2, gemma3 (text), qwen3, and the MoE families mixtral, qwen3_moe, deepseek2 and
+3), mistral, gemma, gemma2, gemma3 (text), qwen3, olmo3, and the MoE families mixtral, qwen3_moe, deepseek2 and
 deepseek3. Every mapping is a transpose and/or reshape of one
 Hugging Face tensor, stacked along param_scan_axis for scanned stacks; values are never changed, so a round
 trip is bit-exact in any dtype. The converter (MaxText.conversion), the parity tests and api.load all use it.
@@ -135,11 +135,13 @@ def attention_entries(_family: str, cfg: ModelConfig) -> list:
         (("self_attention", "out", "kernel"), "self_attn.o_proj.weight", (d, n * h), (n, h, d), True),
     ]
     if cfg.use_qk_norm:
+        # One scale per head dim, or one over the whole projection (qk_norm_across_heads: [N*H], [K*H]).
+        q_norm, k_norm = ((n * h,), (k * h,)) if cfg.qk_norm_across_heads else ((h,), (h,))
         entries.append(
-            (("self_attention", "query_norm", "scale"), "self_attn.q_norm.weight", (h,), (h,), False)
+            (("self_attention", "query_norm", "scale"), "self_attn.q_norm.weight", q_norm, q_norm, False)
         )
         entries.append(
-            (("self_attention", "key_norm", "scale"), "self_attn.k_norm.weight", (h,), (h,), False)
+            (("self_attention", "key_norm", "scale"), "self_attn.k_norm.weight", k_norm, k_norm, False)
         )
     return entries
 
@@ -157,7 +159,7 @@ def gated_mlp_entries(_family: str, cfg: ModelConfig) -> list:
 def norm_entries(family: str, cfg: ModelConfig) -> list:
     """The layer's norms that the config enables, named the family's Hugging Face way."""
     ours, hf = registry.family(family).hf.norms
-    enabled = {"pre_attention", "pre_mlp"}
+    enabled = {"pre_attention", "pre_mlp"} if cfg.use_pre_norms else set()
     enabled |= {"post_attention"} if cfg.use_post_attn_norm else set()
     enabled |= {"post_mlp"} if cfg.use_post_ffw_norm else set()
     entries = []

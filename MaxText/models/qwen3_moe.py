@@ -1,8 +1,11 @@
 """Qwen 3 MoE block: the Qwen 3 layer (qk-norm) with a sparse MoE in place of the MLP: softmax router, top-k,
-renormalised when norm_topk_prob (true for the released models). Every layer is MoE.
+renormalised when norm_topk_prob (true for the released models). Every layer of the released models is MoE
+(one stack "layers"). A config whose dense-MLP layers (of intermediate_size: those in mlp_only_layers or
+off the decoder_sparse_step grid) are the first k forms DeepSeek's two stacks, "dense_layers" (k Qwen 3
+layers) then "moe_layers" (first_num_dense_layers = k); any other placement is refused.
 
 Parameters per layer: Qwen 3's attention (with query_norm/key_norm) and norms, mlp/gate/kernel [D, E],
-mlp/{wi_0,wi_1} [E, D, F], mlp/wo [E, F, D].
+mlp/{wi_0,wi_1} [E, D, F], mlp/wo [E, F, D]; a dense layer's mlp/{wi_0,wi_1,wo}/kernel.
 """
 
 from MaxText.config.derived import ModelConfig
@@ -24,19 +27,35 @@ def stacks(cfg: ModelConfig) -> list:
 _FIELDS = {"num_experts": "num_local_experts", "base_moe_mlp_dim": "moe_intermediate_size"}
 
 
-def _keys(hf: dict, where: str) -> dict:
+def _dense_first(hf: dict, where: str) -> int:
+    """k when the layers transformers gives a dense MLP (in mlp_only_layers, or i + 1 not a multiple of
+    decoder_sparse_step) are exactly 0 .. k-1 and some layer is left MoE."""
+    n, step = hf["num_hidden_layers"], hf.get("decoder_sparse_step", 1)
+    hfc.require(isinstance(step, int) and step >= 1, f"{where}: decoder_sparse_step={step!r}: expected >= 1")
+    only = set(hf.get("mlp_only_layers") or ())
+    dense = [i for i in range(n) if i in only or (i + 1) % step != 0]
     hfc.require(
-        not hf.get("mlp_only_layers") and hf.get("decoder_sparse_step", 1) == 1,
-        f"{where}: qwen3_moe with dense layers (mlp_only_layers, decoder_sparse_step) is not supported",
+        dense == list(range(len(dense))) and len(dense) < n,
+        f"{where}: qwen3_moe dense-MLP layers {dense} (mlp_only_layers, decoder_sparse_step={step}) are "
+        f"supported only as the first k < num_hidden_layers={n} layers",
     )
-    return {**hfc.moe_keys(hf, where, _FIELDS), "norm_topk_prob": bool(hf.get("norm_topk_prob", False))}
+    return len(dense)
+
+
+def _keys(hf: dict, where: str) -> dict:
+    return {
+        **hfc.moe_keys(hf, where, _FIELDS),
+        "norm_topk_prob": bool(hf.get("norm_topk_prob", False)),
+        "first_num_dense_layers": _dense_first(hf, where),
+    }
 
 
 def _fields(keys: dict) -> dict:
     window = keys["sliding_window_size"]
     hfc.require(not window, f"sliding_window_size={window}: Hugging Face qwen3_moe has no sliding window")
     return {**hfc.moe_fields(keys, _FIELDS), "norm_topk_prob": bool(keys["norm_topk_prob"]),
-            "use_sliding_window": False, "decoder_sparse_step": 1, "mlp_only_layers": []}  # fmt: skip
+            "use_sliding_window": False, "decoder_sparse_step": 1,
+            "mlp_only_layers": list(range(keys["first_num_dense_layers"]))}  # fmt: skip
 
 
 FAMILIES = (

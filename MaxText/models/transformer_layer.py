@@ -3,6 +3,7 @@
 One layer (x [B, T, D] -> [B, T, D]):
     h = attention(pre_attention_norm(x));  x = x + (post_attention_norm(h) if use_post_attn_norm else h)
     h = mlp(pre_mlp_norm(x));              x = x + (post_mlp_norm(h) if use_post_ffw_norm else h)
+where the pre norms are the identity when use_pre_norms is false (OLMo 3: x + norm(f(x)) only).
 The numerics come from ModelConfig fields (norm type and offset, qk-norm, biases, soft cap, attention scale,
 sliding window, local/global RoPE); a family's block class only chooses its parameter names (NORM_NAMES),
 whether it uses RoPE (USE_ROPE) and how layers are grouped into scanned units (its `stacks(cfg)`).
@@ -151,6 +152,7 @@ class DecoderLayer(nn.Module):
             qk_norm=cfg.use_qk_norm,
             qk_norm_epsilon=cfg.normalization_layer_epsilon,
             qk_norm_offset=cfg.normalization_scale_offset,
+            qk_norm_across_heads=cfg.qk_norm_across_heads,
             name="self_attention",
             **numerics(cfg),
         )
@@ -180,12 +182,12 @@ class DecoderLayer(nn.Module):
         # Eval applies the model in "train" mode without a dropout rng: no dropout there.
         deterministic = mode != "train" or cfg.dropout_rate == 0.0 or not self.has_rng("dropout")
         x = constrain(x, _ACT)
-        h = norm(cfg, names.pre_attention)(x)
+        h = norm(cfg, names.pre_attention)(x) if cfg.use_pre_norms else x
         h, cache = self._attention()(h, positions, segment_ids, mode, cache)
         if cfg.use_post_attn_norm:
             h = norm(cfg, names.post_attention)(h)
         x = x + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
-        h = norm(cfg, names.pre_mlp)(x)
+        h = norm(cfg, names.pre_mlp)(x) if cfg.use_pre_norms else x
         h = self._feed_forward(h, segment_ids)
         if cfg.use_post_ffw_norm:
             h = norm(cfg, names.post_mlp)(h)

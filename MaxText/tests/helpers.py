@@ -8,6 +8,7 @@ so importing this module stays cheap (conftest imports it before every session).
 
 import functools
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -403,7 +404,8 @@ _DEEPSEEK = dict(
     n_group=4,
     topk_group=2,
 )
-# family -> (config class, model class, MoE features on), used with MOE_HF_COMMON.
+# family -> (config class, model class, MoE features on), used with MOE_HF_COMMON. A row named
+# "<decoder_block>_<variant>" is that family with another layer pattern.
 MOE_HF_MODELS = {
     "mixtral": (
         "MixtralConfig",
@@ -416,6 +418,19 @@ MOE_HF_MODELS = {
         "Qwen3MoeConfig",
         "Qwen3MoeForCausalLM",
         dict(
+            num_experts=8,
+            moe_intermediate_size=32,
+            norm_topk_prob=True,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e4},
+        ),
+    ),
+    # A dense-MLP first layer (of intermediate_size), then two MoE layers: stacks dense_layers, moe_layers.
+    "qwen3_moe_dense": (
+        "Qwen3MoeConfig",
+        "Qwen3MoeForCausalLM",
+        dict(
+            num_hidden_layers=3,
+            mlp_only_layers=[0],
             num_experts=8,
             moe_intermediate_size=32,
             norm_topk_prob=True,
@@ -541,6 +556,21 @@ GEMMA3_ROPE = {
     "sliding_attention": {"rope_type": "default", "rope_theta": 100.0},
     "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1000.0},
 }
+# OLMo 3: plain RoPE on the sliding layers; YaRN (4x from 64 positions, its attention_factor stated as the
+# released files do) on the full ones, whose small base puts the 16-dim head's frequencies in all three
+# YaRN bands (kept, ramped, interpolated).
+OLMO3_ROPE = {
+    "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+    "full_attention": {
+        "rope_type": "yarn",
+        "rope_theta": 100.0,
+        "factor": 4.0,
+        "original_max_position_embeddings": 64,
+        "beta_fast": 32.0,
+        "beta_slow": 1.0,
+        "attention_factor": 0.1 * math.log(4.0) + 1.0,
+    },
+}
 _GEMMA2 = dict(
     num_hidden_layers=4,
     sliding_window=8,
@@ -549,7 +579,8 @@ _GEMMA2 = dict(
     final_logit_softcapping=3.0,
 )
 # family -> (config class, model class, special features on). Windows of 8 < the 25 generated tokens; gemma3
-# has groups of 3 layers, so 5 layers are one (local, local, global) group and a tail of 2 local layers.
+# has groups of 3 layers, so 5 layers are one (local, local, global) group and a tail of 2 local layers;
+# olmo3's 5 layers are one (sliding x 3, full) group and a tail of 1 sliding layer.
 PARITY_MODELS = {
     "llama2": ("LlamaConfig", "LlamaForCausalLM", {"num_key_value_heads": 4}),
     "llama3": ("LlamaConfig", "LlamaForCausalLM", {"rope_parameters": LLAMA3_ROPE}),
@@ -563,6 +594,12 @@ PARITY_MODELS = {
              rope_parameters=GEMMA3_ROPE),
     ),  # fmt: skip
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"tie_word_embeddings": False, "head_dim": 8}),
+    "olmo3": (
+        "Olmo3Config",
+        "Olmo3ForCausalLM",
+        dict(num_hidden_layers=5, sliding_window=8, rope_parameters=OLMO3_ROPE, pad_token_id=0,
+             eos_token_id=1),
+    ),  # fmt: skip
     "llama2_tied": (
         "LlamaConfig",
         "LlamaForCausalLM",
@@ -573,7 +610,17 @@ PARITY_MODELS.update(
     {family: (c, m, {**MOE_HF_COMMON, **extra}) for family, (c, m, extra) in MOE_HF_MODELS.items()}
 )
 # The families test_hf_parity checks (and end_to_end/hf_roundtrip.sh runs); llama2_tied is test_convert's.
-PARITY_FAMILIES = ["llama2", "llama3", "mistral", "gemma", "gemma2", "gemma3", "qwen3", *MOE_HF_MODELS]
+PARITY_FAMILIES = [
+    "llama2",
+    "llama3",
+    "mistral",
+    "gemma",
+    "gemma2",
+    "gemma3",
+    "qwen3",
+    "olmo3",
+    *MOE_HF_MODELS,
+]
 PARITY_TEXTS = ["To be, or not to be, that is the question:", "Whether 'tis nobler in the mind to suffer"]
 
 

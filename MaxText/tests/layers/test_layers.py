@@ -181,3 +181,41 @@ def test_attention_layer_matches_naive():
     att = _naive_attention(q, k, v, pos, pos, seg, seg, h**-0.5)
     want = np.einsum("btnh,nhd->btd", att, p["out"])
     np.testing.assert_allclose(out, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("across_heads", [False, True])
+def test_attention_qk_norm_matches_naive(across_heads):
+    """qk-norm before RoPE: per head over H (scales [H]) or over the whole projection, N*H for q and K*H for
+    k (qk_norm_across_heads, OLMo 3)."""
+    b, t, d, n, kh, h, eps = 2, 12, 16, 4, 2, 8, 1e-6
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(b, t, d)).astype(np.float32)
+    pos = np.broadcast_to(np.arange(t), (b, t))
+    seg = np.ones((b, t), np.int32)
+    rope = RopeConfig(h, 10000.0)
+    layer = Attention(n, kh, h, rope=rope, precision=HIGHEST, qk_norm=True, qk_norm_epsilon=eps,
+                      qk_norm_across_heads=across_heads)  # fmt: skip
+    variables = jax.tree.map(
+        lambda p: p + 0.3 * rng.normal(size=p.shape).astype(np.float32),
+        _np(layer.init(jax.random.key(2), x, pos, seg, "train")),
+    )
+    out, _ = layer.apply(variables, x, pos, seg, "train")
+    p = {
+        name: {k: np.asarray(getattr(w, "value", w)) for k, w in v.items()}
+        for name, v in variables["params"].items()
+    }
+    assert p["query_norm"]["scale"].shape == ((n * h,) if across_heads else (h,))
+
+    def normed(y, scale):  # y [B, T, heads, H]
+        flat = y.reshape(b, t, -1) if across_heads else y
+        flat = flat / np.sqrt((flat**2).mean(-1, keepdims=True) + eps) * scale
+        return flat.reshape(y.shape)
+
+    q = normed(np.einsum("btd,dnh->btnh", x, p["query"]["kernel"]), p["query_norm"]["scale"])
+    k = normed(np.einsum("btd,dnh->btnh", x, p["key"]["kernel"]), p["key_norm"]["scale"])
+    v = np.einsum("btd,dnh->btnh", x, p["value"]["kernel"])
+    q, k = np.asarray(apply_rope(q, pos, rope)), np.asarray(apply_rope(k, pos, rope))
+    want = np.einsum(
+        "btnh,nhd->btd", _naive_attention(q, k, v, pos, pos, seg, seg, h**-0.5), p["out"]["kernel"]
+    )
+    np.testing.assert_allclose(out, want, atol=2e-5)

@@ -4,9 +4,9 @@ tail, unscanned), the tensor mapping's round trip, gpt3 (no Hugging Face checkpo
 and family key errors. Logits, greedy generation, export and a training step against Hugging Face through the
 real conversion path are test_hf_parity's.
 
-For each of gemma, gemma2, gemma3 (text) and qwen3 a tiny random Hugging Face model with the family's
+For each of gemma, gemma2, gemma3 (text), qwen3 and olmo3 a tiny random Hugging Face model with the family's
 special features switched on (GQA/MQA, sliding window < sequence, soft caps, local/global rope with linear
-scaling, qk-norm, 1 + w norms) is mapped onto our parameters with MaxText.models.hf_mappings (transpose,
+scaling or YaRN, qk-norm per head or over the whole projection, 1 + w norms, post norms only) is mapped onto our parameters with MaxText.models.hf_mappings (transpose,
 reshape and stack only) and its config onto our keys with hf_config_to_keys.
 """
 
@@ -29,6 +29,7 @@ from MaxText.tests.helpers import (
     BASE_YML,
     FAMILY_COMMON,
     GEMMA3_ROPE,
+    OLMO3_ROPE,
     TINY,
     decode_matches_forward,
     family_ids,
@@ -39,7 +40,8 @@ from MaxText.models.transformer import make_model
 from MaxText.training.train_state import init_state
 
 # family -> (config class, model class, special features on). Windows of 6 < T; gemma3 groups of 3 layers
-# with 5 layers gives one (local, local, global) group and a tail of 2 local layers.
+# with 5 layers gives one (local, local, global) group and a tail of 2 local layers; olmo3's 5 layers one
+# (sliding x 3, full) group and a tail of 1.
 HF_MODELS = {
     "gemma": ("GemmaConfig", "GemmaForCausalLM", dict(num_hidden_layers=2, num_key_value_heads=1)),
     "gemma2": (
@@ -73,6 +75,13 @@ HF_MODELS = {
             rope_parameters={"rope_type": "default", "rope_theta": 1e4},
         ),
     ),
+    "olmo3": (
+        "Olmo3Config",
+        "Olmo3ForCausalLM",
+        dict(
+            num_hidden_layers=5, sliding_window=6, rope_parameters=OLMO3_ROPE, pad_token_id=0, eos_token_id=1
+        ),
+    ),
 }
 # Each switch turns one special feature off; the test shows it changes HF's logits, so the inputs exercise it.
 FEATURE_OFF = {
@@ -91,6 +100,11 @@ FEATURE_OFF = {
                 "full_attention": {"rope_type": "default", "rope_theta": 1000.0},
             }
         },
+    ],
+    "olmo3": [
+        {"sliding_window": 64},
+        {"rope_parameters": {**OLMO3_ROPE, "full_attention": OLMO3_ROPE["sliding_attention"]}},
+        {"rope_parameters": {**OLMO3_ROPE, "sliding_attention": OLMO3_ROPE["full_attention"]}},
     ],
 }
 FAMILIES = list(HF_MODELS)
@@ -212,6 +226,7 @@ def test_gpt3_trains():
             "sliding_window_pattern=0: decoder_block='gemma2'",
         ),
         (["model_name=gpt3-52k", "max_target_length=4096"], "must be <= trainable_position_size=2048"),
+        (["model_name=llama3-8b", "qk_norm_across_heads=true"], "qk_norm_across_heads=true: it shapes"),
         (["normalization_type=batchnorm"], "normalization_type='batchnorm': expected one of"),
     ],
 )

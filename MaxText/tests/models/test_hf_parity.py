@@ -1,11 +1,12 @@
 """Parity with Hugging Face transformers (float32, offline) through the real conversion path, for every family
-with a Hugging Face checkpoint: llama2, llama3, mistral, gemma, gemma2, gemma3 (text), qwen3, and the MoE
-families mixtral, qwen3_moe, deepseek2 and deepseek3 (test_moe_families' tiny models: 8 experts, top-2,
-groups, a shared expert, router bias, a dense first layer, MLA, YaRN).
+with a Hugging Face checkpoint: llama2, llama3, mistral, gemma, gemma2, gemma3 (text), qwen3, olmo3, and the
+MoE families mixtral, qwen3_moe (also with a dense first layer), deepseek2 and deepseek3 (test_moe_families'
+tiny models: 8 experts, top-2, groups, a shared expert, router bias, a dense first layer, MLA, YaRN).
 
 For each family a tiny random Hugging Face model with its special features switched on (GQA/MQA, llama3 rope
 scaling, sliding windows shorter than the sequence, soft caps, query_pre_attn_scalar, local/global rope with
-linear scaling, a Gemma 3 local/global group plus a tail, qk-norm, random 1 + w norms) is saved with
+linear scaling, a Gemma 3 local/global group plus a tail, qk-norm, random 1 + w norms; OLMo 3's post norms,
+whole-projection qk-norm and YaRN on its full layers only) is saved with
 save_pretrained, converted with MaxText.convert and loaded with MaxText.api, then checked: logits within 1e-4,
 greedy generation with our KV cache equal to transformers' generate, the maxtext_to_hf export loading in
 transformers with bit-exact tensors and identical logits, and one training step on the converted checkpoint
@@ -29,7 +30,14 @@ from MaxText import api
 from MaxText.checkpoint.config_overlay import load_config_from_checkpoint
 from MaxText.conversion import hf_to_maxtext, maxtext_to_hf
 from MaxText.input_pipeline.synthetic import synthetic_batch
-from MaxText.tests.helpers import BASE_YML, GEMMA3_ROPE, MOE_HF_MODELS, PARITY_FAMILIES, PARITY_VOCAB
+from MaxText.tests.helpers import (
+    BASE_YML,
+    GEMMA3_ROPE,
+    MOE_HF_MODELS,
+    OLMO3_ROPE,
+    PARITY_FAMILIES,
+    PARITY_VOCAB,
+)
 from MaxText.tests.helpers import assert_bit_exact, hf_config, hf_logits, make_hf_model, quiet, random_ids
 from MaxText.tests.helpers import safetensors_tensors
 
@@ -38,7 +46,8 @@ MOE_FAMILIES = list(MOE_HF_MODELS)
 MOE_CONFIG_FIELDS = ("num_local_experts", "num_experts", "n_routed_experts", "num_experts_per_tok",
                      "moe_intermediate_size", "n_shared_experts", "first_k_dense_replace", "n_group", "topk_group",
                      "topk_method", "routed_scaling_factor", "norm_topk_prob", "q_lora_rank", "kv_lora_rank",
-                     "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "rope_interleave")  # fmt: skip
+                     "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "rope_interleave", "mlp_only_layers",
+                     "decoder_sparse_step")  # fmt: skip
 # What switches each family's special feature off (to show the test inputs exercise it).
 FEATURE_OFF = {
     "llama3": {"rope_parameters": {"rope_type": "default", "rope_theta": 500000.0}},
@@ -50,6 +59,9 @@ FEATURE_OFF = {
     "gemma2": {"sliding_window": 256, "attn_logit_softcapping": None, "final_logit_softcapping": None},
     "gemma3": {
         "rope_parameters": {**GEMMA3_ROPE, "full_attention": {"rope_type": "default", "rope_theta": 1000.0}}
+    },
+    "olmo3": {
+        "rope_parameters": {**OLMO3_ROPE, "full_attention": {"rope_type": "default", "rope_theta": 100.0}}
     },
 }
 

@@ -70,6 +70,8 @@ HF_CONFIGS = {
     "qwen3-8b": ("Qwen3Config", _dims(4096, 12288, 36, 32, 8, 128, 151936, False)),
     "qwen3-14b": ("Qwen3Config", _dims(5120, 17408, 40, 40, 8, 128, 151936, False)),
     "qwen3-32b": ("Qwen3Config", _dims(5120, 25600, 64, 64, 8, 128, 151936, False)),
+    "olmo3-7b": ("Olmo3Config", _dims(4096, 11008, 32, 32, 32, 128, 100278, False)),
+    "olmo3-32b": ("Olmo3Config", _dims(5120, 27648, 64, 40, 8, 128, 100278, False)),
     # ---- MoE ----
     "mixtral-8x7b": (
         "MixtralConfig",

@@ -1,4 +1,4 @@
-"""Mixtral, Qwen3-MoE and DeepSeek V2/V3 beside their Hugging Face models: the expert-major layout,
+"""Mixtral, Qwen3-MoE (also with a dense first layer) and DeepSeek V2/V3 beside their Hugging Face models: the expert-major layout,
 decode == forward, the per-expert mapping's round trip and a missing expert named, unscanned stacks, training
 with the load-balance loss in the loss and the metrics. Logits, greedy generation, the export into
 transformers and a training step through the real conversion path are test_hf_parity's (its MoE rows are
@@ -95,7 +95,9 @@ def test_experts_are_stacked_expert_major(family):
     moe_stack = params["decoder"][moe_stack_name(params)]
     assert moe_stack["mlp"]["wi_0"].shape == (8, 2, 64, cfg.moe_mlp_dim)
     wo = next(
-        m for m in hf_mappings.tensor_maps(family, cfg) if m.path[1:] == (moe_stack_name(params), "mlp", "wo")
+        m
+        for m in hf_mappings.tensor_maps(cfg.decoder_block, cfg)
+        if m.path[1:] == (moe_stack_name(params), "mlp", "wo")
     )
     name = wo.hf_names[1 * 8 + 5]  # unit 1, expert 5
     assert f"layers.{cfg.first_num_dense_layers + 1}." in name and ".experts.5." in name
@@ -111,7 +113,7 @@ def test_prefill_then_decode_equals_forward(family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_per_expert_round_trip_is_exact_and_names_a_missing_expert(family):
     _, _, state, cfg, _, params, _ = hf_case(family)
-    back = hf_mappings.params_to_hf(family, params, cfg)
+    back = hf_mappings.params_to_hf(cfg.decoder_block, params, cfg)
     assert sorted(back) == sorted(state)
     for name, x in state.items():
         assert back[name].dtype == x.dtype
@@ -120,7 +122,7 @@ def test_per_expert_round_trip_is_exact_and_names_a_missing_expert(family):
     state = dict(state)  # the cached case's dict stays whole for the other tests
     del state[name]
     with pytest.raises(Exception, match=name.replace(".", r"\.")):
-        hf_mappings.hf_to_params(family, state, cfg)
+        hf_mappings.hf_to_params(cfg.decoder_block, state, cfg)
 
 
 def test_unscanned_export_reads_each_expert_from_its_unit():
