@@ -29,6 +29,7 @@ def main(argv) -> int:
 
     # Fail before the checkpoint loads: a context that can never hold a turn, a template that cannot load.
     chat_repl.prompt_room(cfg)
+    session.sampling_params(cfg)
     template = load_chat_template(cfg.chat_template, cfg.tokenizer_path)
     try:
         decoder = session.DecodeSession.from_checkpoint(cfg, path)

@@ -19,6 +19,7 @@ def main(argv) -> int:
     cfg, path = load_config_from_checkpoint(argv, require_checkpoint=True)
     from MaxText.inference import session  # pylint: disable=import-outside-toplevel
 
+    session.sampling_params(cfg)  # refuses a sampling combination before the checkpoint loads
     decoder = session.DecodeSession.from_checkpoint(cfg, path)
     prompts = [p for p in cfg.prompt.split("|") if p]
     if not prompts:

@@ -3,7 +3,8 @@
   python3 -m MaxText.serve configs/base.yml load_parameters_path=DIR [port=8000] [key=value ...]
   python3 -m MaxText.serve configs/base.yml run_name=R [...]
 
-Endpoints: /v1/completions, /v1/chat/completions (stream=true for SSE), /v1/models, /health, /metrics.
+Endpoints: /v1/completions, /v1/chat/completions (stream=true for SSE), /v1/models, /health, /metrics,
+/tokenize, /detokenize, /tokenizer_info (docs/serving.md lists the request fields served and refused).
 The model id is the run's name (run_name, or the run directory above load_parameters_path), else the
 checkpoint directory's name. Requests are batched
 continuously by the engine (decode_batch_size slots, kv_cache contiguous|paged); more than max_queue_size

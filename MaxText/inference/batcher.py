@@ -7,6 +7,11 @@ and pages at once. `submit` and `cancel` may be called from other threads; `step
 `complete(requests)` runs a set of requests to the end and returns their tokens (api.generate and
 DecodeSession.generate_text; the server steps the batcher itself).
 
+Log-probs (Request.logprobs, echo): the decode step that returns them runs only while an active request asks
+for them. Requests with the same `group` admitted one after another share one prefill (n samples of one
+prompt): the later ones fork the held prefix with their own sampling. A request with max_tokens 0 (echo)
+is scored by a prefill and ends without taking a slot.
+
 Text deltas never split a multi-byte character (a decoded suffix ending in U+FFFD waits for its remaining
 bytes) and never show a partial stop string (text that could still become a stop string is held back).
 """
@@ -18,7 +23,7 @@ import threading
 import time
 from typing import Callable, Optional
 
-from MaxText.inference.engine import Engine, SamplingParams
+from MaxText.inference.engine import Engine, Prefix, SamplingParams, TokenLogprobs
 
 REPLACEMENT = "\ufffd"
 
@@ -30,6 +35,9 @@ class Event:
     token: Optional[int]
     text: str
     finish_reason: Optional[str] = None  # "stop" (EOS or stop string) or "length" (max_tokens)
+    logprob: Optional[float] = None  # of token, when the request asked for logprobs
+    top_logprobs: tuple = ()  # ((id, logprob), ...) the request's `logprobs` largest, descending
+    prompt_logprobs: Optional[TokenLogprobs] = None  # on a request's first event when it asked for echo
 
     @property
     def finished(self) -> bool:
@@ -47,6 +55,9 @@ class Request:
     ignore_eos: bool = False
     on_event: Callable = lambda event: None
     adapter: int = 0  # the served LoRA adapter this request runs with (0: the base; inference/adapters.py)
+    logprobs: Optional[int] = None  # None: none; k: each token's logprob and the k largest (<= 20)
+    echo: bool = False  # score the prompt: its log-probs come with the first event
+    group: Optional[int] = None  # requests of one group (same prompt and adapter) share one prefill
     request_id: int = dataclasses.field(default_factory=itertools.count().__next__)
 
 
@@ -66,6 +77,7 @@ class _Live:
     submitted: float
     ids: list = dataclasses.field(default_factory=list)
     emitted: int = 0  # characters of text already sent
+    prompt_logprobs: Optional[TokenLogprobs] = None  # sent with the first event, then dropped
 
 
 def _held_back(text: str, stops) -> int:
@@ -93,12 +105,13 @@ class Batcher:
         self.generated_tokens = 0
         self.first_token_s = collections.deque(maxlen=1000)  # time to first token of recent requests
         self.recent_tokens = collections.deque()  # (time, tokens) of recent steps, for tokens/s
+        self._held = None  # (group, Prefix): the last group's prefill, for its later requests
 
     # ---- thread-safe ----
 
     def submit(self, request: Request) -> Request:
         """Queues a request (ValueError at once if it can never fit the engine's shapes)."""
-        self.engine.check_request(len(request.prompt), request.max_tokens)
+        self._check(request)
         with self._lock:
             self._waiting.append(_Live(request, time.perf_counter()))
         return request
@@ -133,12 +146,16 @@ class Batcher:
         self._admit()
         if not self.active:
             return
-        self.state, tokens = self.engine.generate(self.state)
+        if any(s is not None and s.request.logprobs is not None for s in self.slots):
+            self.state, tokens, lps = self.engine.generate(self.state, logprobs=True)
+        else:
+            (self.state, tokens), lps = self.engine.generate(self.state), None
         n = 0
         for slot, live in enumerate(self.slots):
             if live is not None:
                 n += 1
-                self._accept(slot, live, int(tokens[slot]))
+                row = None if lps is None else (lps.chosen[slot], lps.top_ids[slot], lps.top[slot])
+                self._accept(slot, live, int(tokens[slot]), row)
         self.generated_tokens += n
         self.recent_tokens.append((time.perf_counter(), n))
 
@@ -164,7 +181,7 @@ class Batcher:
         if self.engine.pages is not None:
             for slot in range(len(self.slots)):
                 self.engine.pages.release(slot)
-        self.state = self.engine.init_state()
+        self.state, self._held = self.engine.init_state(), None
         for item in live:
             item.request.on_event(Event(None, "", reason))
 
@@ -177,7 +194,7 @@ class Batcher:
         order. Each request's own on_event still sees every event. Runs on the batcher's thread. Raises
         ValueError, before submitting any, when one of them can never fit the engine's shapes."""
         for request in requests:
-            self.engine.check_request(len(request.prompt), request.max_tokens)
+            self._check(request)
         start = time.perf_counter()
         done = [Completion() for _ in requests]
 
@@ -209,8 +226,10 @@ class Batcher:
                 self._free(slot)
 
     def _admit(self):
-        for slot, occupant in enumerate(self.slots):
-            if occupant is not None:
+        slot = 0
+        while slot < len(self.slots):
+            if self.slots[slot] is not None:
+                slot += 1
                 continue
             with self._lock:
                 if not self._waiting:
@@ -220,23 +239,53 @@ class Batcher:
                 if not self.engine.can_insert(len(req.prompt), req.max_tokens):
                     return  # back-pressure: wait for running requests to release pages (FIFO order)
                 self._waiting.popleft()
-            prefix = self.engine.prefill(req.prompt, req.max_tokens, req.sampling, req.adapter)
+            prefix = self._prefix(req)
+            live.prompt_logprobs = prefix.prompt_logprobs
+            self.first_token_s.append(time.perf_counter() - live.submitted)
+            if req.max_tokens == 0:  # scored only (echo): no token, no slot
+                req.on_event(Event(None, "", "length", prompt_logprobs=prefix.prompt_logprobs))
+                continue
             self.state = self.engine.insert(prefix, self.state, slot)
             self.slots[slot] = live
-            first = int(prefix.first_token)
-            self.first_token_s.append(time.perf_counter() - live.submitted)
             self.generated_tokens += 1
-            self._accept(slot, live, first)
+            first = prefix.first_logprobs() if req.logprobs is not None else None
+            row = None if first is None else (first.chosen[0], first.top_ids[0], first.top[0])
+            self._accept(slot, live, int(prefix.first_token), row)
+
+    def _check(self, request: Request) -> None:
+        if request.max_tokens == 0 and not request.echo:
+            raise ValueError("max_tokens=0: expected at least 1 (0 only scores the prompt, with echo)")
+        self.engine.check_request(len(request.prompt), max(request.max_tokens, 1))
+
+    def _prefix(self, req: Request) -> Prefix:
+        """The request's prefill, or a fork of its group's held one (same prompt, same adapter)."""
+        held = self._held
+        if req.group is not None and held is not None and held[0] == req.group:
+            prefix = held[1]
+            if prefix.prompt_logprobs is not None or not req.echo:
+                return self.engine.fork(prefix, req.sampling, max(req.max_tokens, 1))
+        scored = {"score": True} if req.echo else {}
+        prefix = self.engine.prefill(req.prompt, max(req.max_tokens, 1), req.sampling, req.adapter, **scored)
+        self._held = (req.group, prefix) if req.group is not None else None
+        return prefix
 
     def _free(self, slot):
         self.state = self.engine.release(self.state, slot)
         self.slots[slot] = None
 
-    def _accept(self, slot: int, live: _Live, token: int) -> None:
+    def _accept(self, slot: int, live: _Live, token: int, lp=None) -> None:
+        """lp: None, or this token's (logprob, top ids [20], top logprobs [20]) when the request asked."""
         req = live.request
+        extra = {}
+        if live.prompt_logprobs is not None:
+            extra["prompt_logprobs"], live.prompt_logprobs = live.prompt_logprobs, None
         if token == self.eos_id and not req.ignore_eos:
-            self._finish(slot, live, Event(None, self._flush(live), "stop"))
+            self._finish(slot, live, Event(None, self._flush(live), "stop", **extra))
             return
+        if lp is not None and req.logprobs is not None:
+            k = req.logprobs
+            extra["logprob"] = float(lp[0])
+            extra["top_logprobs"] = tuple(zip((int(i) for i in lp[1][:k]), (float(v) for v in lp[2][:k])))
         live.ids.append(token)
         reason = "length" if len(live.ids) >= req.max_tokens else None
         text = ""
@@ -248,7 +297,7 @@ class Batcher:
                 full, reason = full[: min(hits)], "stop"
             end = len(full) if reason else len(full) - _held_back(full, req.stop)
             text, live.emitted = full[live.emitted : end], max(live.emitted, end)
-        event = Event(token, text, reason)
+        event = Event(token, text, reason, **extra)
         if reason:
             self._finish(slot, live, event)
         else:

@@ -12,14 +12,15 @@ tokens before any query can see them (a query at position p sees slots <= p).
 import jax.numpy as jnp
 
 
-def prefill(model, params, ids, lengths, cache):
-    """ids [B, P], lengths [B] -> (logits at each row's last prompt token [B, V], cache)."""
+def prefill(model, params, ids, lengths, cache, every_position: bool = False):
+    """ids [B, P], lengths [B] -> (logits at each row's last prompt token [B, V], cache), and the logits at
+    every position [B, P, V] third when every_position (scoring a prompt: echo)."""
     b, p = ids.shape
     positions = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (b, p))
     segments = (positions < lengths[:, None]).astype(jnp.int32)
     logits, cache = model.apply({"params": params}, ids, positions, segments, "prefill", cache)
     last = jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0]
-    return last, cache
+    return (last, cache, logits) if every_position else (last, cache)
 
 
 def decode_step(model, params, tokens, positions, cache):

@@ -4,20 +4,50 @@ top-k and top-p (nucleus), per row, seeded per request.
 The config's strategies (decode_sampling_strategy) map onto it in session.sampling_params: greedy =
 temperature 0 (argmax); weighted, topk and nucleus = temperature sampling with decode_sampling_top_k (0 =
 off) and decode_sampling_nucleus_p (1 = off), both applying when set.
+
+Penalties (OpenAI's definitions, per row): logits[j] - frequency * counts[j] - presence * (counts[j] > 0),
+counts = how often the row's request has generated token j so far (prompt tokens do not count). They apply
+before greedy and temperature alike; rows with both 0 are untouched, so greedy stays greedy.
 """
 
 import jax
 import jax.numpy as jnp
 
 
-def sample_rows(logits, keys, temperature, top_k, top_p):
+def penalized(logits, counts, presence, frequency):
+    """logits [B, V] float32, counts [B, V] int, presence/frequency [B] -> the penalized logits [B, V]."""
+    counts = counts.astype(jnp.float32)
+    return logits - frequency[:, None] * counts - presence[:, None] * (counts > 0).astype(jnp.float32)
+
+
+def log_probs(logits, ids, k: int):
+    """The model's log-probabilities (log_softmax of the raw logits, float32): logits [..., V], ids [...] ->
+    (logprob of ids [...], top-k ids [..., k] int32, their logprobs [..., k]); k 0 gives empty top-k."""
+    lp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    chosen = jnp.take_along_axis(lp, ids[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    if k == 0:
+        empty = lp[..., :0]
+        return chosen, empty.astype(jnp.int32), empty
+    top_lp, top_ids = jax.lax.top_k(lp, k)
+    return chosen, top_ids.astype(jnp.int32), top_lp
+
+
+def sample_rows(logits, keys, temperature, top_k, top_p, penalties=None):
     """Per-row sampling for a batch of independent requests.
 
     logits [B, V]; keys [B] PRNG keys; temperature [B] float (0 = greedy); top_k [B] int (0 = off);
-    top_p [B] float (1 = off) -> token ids [B] int32. Row b's token depends only on row b's inputs, so a
-    request samples the same tokens whatever its neighbours do. The sort is skipped when every row is greedy.
+    top_p [B] float (1 = off); penalties None or (counts [B, V], presence [B], frequency [B]) -> token ids
+    [B] int32. Row b's token depends only on row b's inputs, so a request samples the same tokens whatever
+    its neighbours do. The sort is skipped when every row is greedy, the penalties when every row's are 0.
     """
     logits = logits.astype(jnp.float32)
+    if penalties is not None:
+        counts, presence, frequency = penalties
+        logits = jax.lax.cond(
+            jnp.any((presence != 0) | (frequency != 0)),
+            lambda: penalized(logits, counts, presence, frequency),
+            lambda: logits,
+        )
     greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
     def stochastic():

@@ -1,7 +1,9 @@
 """The OpenAI-compatible HTTP app over a DecodeSession: one engine thread, many async requests.
 
 Endpoints: POST /v1/completions, POST /v1/chat/completions (stream=true answers Server-Sent Events ending
-with `data: [DONE]`), GET /v1/models, GET /health, GET /metrics (Prometheus text).
+with `data: [DONE]`), GET /v1/models, GET /health, GET /metrics (Prometheus text), and vLLM's tokenizer
+endpoints POST /tokenize, POST /detokenize, GET /tokenizer_info. The request fields, the refused ones and
+the log-probs are openai_fields.py's.
 
 Threads: the engine loop runs on one background thread (Batcher.step); HTTP handlers run on the asyncio
 loop, submit requests and receive events through call_soon_threadsafe into a per-request asyncio.Queue.
@@ -15,57 +17,19 @@ import threading
 import time
 import traceback
 import uuid
-from typing import List, Optional, Union
+from typing import Optional
 
 import fastapi
 import prometheus_client as prom
 import pydantic
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from MaxText.inference import openai_fields as of
 from MaxText.inference.batcher import Request
 from MaxText.inference.engine import SamplingParams
+from MaxText.inference.openai_fields import ApiError, ChatBody, CompletionBody
 from MaxText.input_pipeline.chat_template import ChatTemplate
 from MaxText.parallel import mesh as mesh_lib
-
-
-class ApiError(Exception):
-    """An error answered as JSON with `status` (OpenAI's error shape)."""
-
-    def __init__(self, status: int, message: str, param: Optional[str] = None, kind="invalid_request_error"):
-        super().__init__(message)
-        self.status, self.message, self.param, self.kind = status, message, param, kind
-
-
-class _Common(pydantic.BaseModel):
-    """Fields shared by both endpoints. Strict types (no "5" for 5); unknown fields are ignored."""
-
-    model_config = pydantic.ConfigDict(strict=True, extra="ignore")
-
-    model: Optional[str] = None
-    max_tokens: Optional[int] = None
-    temperature: Optional[float] = None
-    top_p: Optional[float] = None
-    top_k: Optional[int] = None
-    seed: Optional[int] = None
-    stop: Optional[Union[str, List[str]]] = None
-    stream: bool = False
-    n: int = 1
-    ignore_eos: bool = False
-
-
-class CompletionBody(_Common):
-    prompt: Union[str, List[str]]
-
-
-class Message(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(strict=True, extra="ignore")
-    role: str
-    content: str
-
-
-class ChatBody(_Common):
-    max_completion_tokens: Optional[int] = None
-    messages: List[Message]
 
 
 class Metrics:
@@ -134,55 +98,88 @@ class Service:
         """What /v1/models lists and a request's `model` may name: the base, then each served adapter."""
         return [self.model_id, *self.session.adapter_names]
 
-    def submit(self, prompt_ids, body: "_Common", max_tokens: int, sampling: SamplingParams):
-        """Queues a request; returns (Request, asyncio.Queue of events)."""
-        if self.batcher.queue_depth >= self.cfg.max_queue_size:
+    def submit(self, jobs, body, max_tokens: int, logprobs: Optional[int], echo: bool):
+        """Queues one request per job (prompt ids, SamplingParams, group); returns (Requests, one asyncio.Queue
+        of (choice index, event))."""
+        if self.batcher.queue_depth + len(jobs) > self.cfg.max_queue_size:
             raise ApiError(429, f"the queue is full ({self.cfg.max_queue_size} waiting); retry later", None,
                            "rate_limit_error")  # fmt: skip
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
         stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
         adapter = self.model_ids.index(body.model) if body.model is not None else 0
-        request = Request(
-            prompt_ids, max_tokens, sampling, stop=stop, ignore_eos=body.ignore_eos,
-            on_event=lambda event: loop.call_soon_threadsafe(events.put_nowait, event), adapter=adapter,
-        )  # fmt: skip
-        self.batcher.submit(request)
+
+        def on_event(index):
+            return lambda event: loop.call_soon_threadsafe(events.put_nowait, (index, event))
+
+        requests = [
+            Request(ids, max_tokens, sampling, stop=stop, ignore_eos=body.ignore_eos, on_event=on_event(i),
+                    adapter=adapter, logprobs=logprobs, echo=echo, group=group)
+            for i, (ids, sampling, group) in enumerate(jobs)
+        ]  # fmt: skip
+        try:
+            for request in requests:
+                self.batcher.submit(request)
+        except ValueError as e:
+            for request in requests:
+                self.batcher.cancel(request)
+            raise ApiError(400, str(e)) from None
         with self._wake:
             self._wake.notify()
-        return request, events
+        return requests, events
 
 
-def _check(body: _Common, service: Service, prompt_ids, max_tokens: Optional[int]):
-    """Validates the request against the model -> (max_tokens, SamplingParams). Raises ApiError (4xx)."""
+def _sampling(body, seed: int) -> SamplingParams:
+    for name in ("presence_penalty", "frequency_penalty"):
+        value = getattr(body, name)
+        if value is not None and not -2.0 <= value <= 2.0:
+            raise ApiError(400, f"{name}={value}: expected -2 to 2", name)
+    try:
+        return SamplingParams(
+            temperature=1.0 if body.temperature is None else body.temperature,
+            top_k=0 if body.top_k is None else body.top_k,
+            top_p=1.0 if body.top_p is None else body.top_p,
+            seed=seed % 2**32,
+            presence_penalty=body.presence_penalty or 0.0,
+            frequency_penalty=body.frequency_penalty or 0.0,
+        )
+    except ValueError as e:
+        raise ApiError(400, str(e)) from None
+
+
+def _check(body, service: Service, prompts, max_tokens: Optional[int], echo: bool):
+    """Validates the request against the model -> (max_tokens, jobs [(ids, SamplingParams, group)] in
+    choice order: prompt i's n samples are choices i*n .. i*n+n-1). Raises ApiError (4xx)."""
     if body.model is not None and body.model not in service.model_ids:
         served = ", ".join(repr(m) for m in service.model_ids)
         raise ApiError(404, f"model {body.model!r} does not exist; this server serves {served}",
                        "model", "not_found_error")  # fmt: skip
-    if body.n != 1:
-        raise ApiError(400, f"n={body.n}: only n=1 is supported", "n")
+    of.refuse_unsupported(body)
+    if not 1 <= body.n <= service.cfg.max_queue_size:
+        raise ApiError(400, f"n={body.n}: expected 1 to {service.cfg.max_queue_size} (max_queue_size)", "n")
     config = service.session.engine.config
     longest = min(max(config.buckets), config.max_length - 1)
-    if not prompt_ids:
-        raise ApiError(400, "the prompt is empty", "prompt")
-    if len(prompt_ids) > longest:
-        raise ApiError(400, f"the prompt has {len(prompt_ids)} tokens; this server takes prompts of at most "
-                       f"{longest} tokens (context {config.max_length})", "prompt")  # fmt: skip
-    if max_tokens is None:
-        max_tokens = service.session.max_tokens_for(len(prompt_ids))
-    if max_tokens < 1 or len(prompt_ids) + max_tokens > config.max_length:
-        raise ApiError(400, f"max_tokens={max_tokens}: expected 1 to {config.max_length - len(prompt_ids)} "
-                       f"(context {config.max_length} minus the prompt's {len(prompt_ids)} tokens)",
-                       "max_tokens")  # fmt: skip
-    try:
-        sampling = SamplingParams(
-            temperature=1.0 if body.temperature is None else body.temperature,
-            top_k=0 if body.top_k is None else body.top_k,
-            top_p=1.0 if body.top_p is None else body.top_p,
-            seed=body.seed if body.seed is not None else uuid.uuid4().int % (2**31),
-        )
-    except ValueError as e:
-        raise ApiError(400, str(e)) from None
-    return max_tokens, sampling
+    vocab = service.session.tokenizer.vocab_size
+    for ids in prompts:
+        if not ids:
+            raise ApiError(400, "the prompt is empty", "prompt")
+        if len(ids) > longest:
+            raise ApiError(400, f"the prompt has {len(ids)} tokens; this server takes prompts of at most "
+                           f"{longest} tokens (context {config.max_length})", "prompt")  # fmt: skip
+        if not all(0 <= i < vocab for i in ids):
+            raise ApiError(400, f"prompt: token ids must lie in 0 to {vocab - 1}", "prompt")
+    low = 0 if echo else 1
+    for ids in prompts:
+        budget = service.session.max_tokens_for(len(ids)) if max_tokens is None else max_tokens
+        if budget < low or len(ids) + max(budget, 1) > config.max_length:
+            raise ApiError(400, f"max_tokens={budget}: expected {low} to {config.max_length - len(ids)} "
+                           f"(context {config.max_length} minus the prompt's {len(ids)} tokens"
+                           f"{'; 0 with echo scores the prompt' if echo else ''})", "max_tokens")  # fmt: skip
+    seed = body.seed if body.seed is not None else uuid.uuid4().int % (2**31)
+    jobs = []
+    for ids in prompts:
+        group = uuid.uuid4().int if body.n > 1 else None
+        jobs += [(ids, _sampling(body, seed + j), group) for j in range(body.n)]
+    return max_tokens, jobs
 
 
 def _error_response(e: ApiError) -> JSONResponse:
@@ -206,83 +203,179 @@ async def _parse(request: fastapi.Request, model_cls):
         raise ApiError(400, f"{where}: {first['msg']}", where) from None
 
 
-def _chunk(kind: str, rid: str, model: str, created: int, text: str, reason):
+class _Choice:
+    """One choice's text, tokens and log-probs as its events arrive."""
+
+    def __init__(self, service, kind, index, prompt_text, ids, logprobs, echo):
+        self.kind, self.index, self.logprobs, self.echo = kind, index, logprobs, echo
+        self.text, self.count, self.reason, self.content = [], 0, None, []
+        decode = service.session.tokenizer.decode
+        self.pieces = of.Pieces(decode, () if echo else ids)
+        self.prompt_ids = ids
+        self.prompt_text = prompt_text if prompt_text is not None else decode(ids)
+        self.acc = of.CompletionLogprobs(self.pieces) if logprobs is not None else None
+
+    def take(self, event):
+        """Records the event; returns its delta (text, logprobs part or None) for a stream chunk."""
+        text, part = event.text, None
+        if self.echo and event.prompt_logprobs is not None:
+            text = self.prompt_text + text
+            if self.acc is not None:
+                start = len(self.acc.out["tokens"])
+                self.acc.add_prompt(self.prompt_ids, event.prompt_logprobs, self.logprobs)
+                part = {k: v[start:] for k, v in self.acc.out.items()}
+        self.text.append(text)
+        self.count += event.token is not None
+        self.reason = event.finish_reason or self.reason
+        if self.logprobs is not None and event.token is not None and event.logprob is not None:
+            if self.kind == "chat":
+                entry = of.chat_logprob(self.pieces, event)
+                self.content.append(entry)
+                part = {"content": [entry], "refusal": None}
+            else:
+                added = self.acc.add(event.token, event.logprob, event.top_logprobs)
+                part = added if part is None else {k: part[k] + added[k] for k in part}
+        return text, part
+
+    def final(self) -> dict:
+        """The choice of a non-streamed answer."""
+        text = "".join(self.text)
+        if self.kind == "chat":
+            logprobs = {"content": self.content, "refusal": None} if self.logprobs is not None else None
+            message = {"role": "assistant", "content": text}
+            return {
+                "index": self.index,
+                "message": message,
+                "logprobs": logprobs,
+                "finish_reason": self.reason,
+            }
+        logprobs = self.acc.out if self.acc is not None else None
+        return {"index": self.index, "text": text, "logprobs": logprobs, "finish_reason": self.reason}
+
+    def chunk(self, text, part, reason) -> dict:
+        if self.kind == "chat":
+            return {"index": self.index, "delta": {"content": text} if text else {}, "logprobs": part,
+                    "finish_reason": reason}  # fmt: skip
+        return {"index": self.index, "text": text, "logprobs": part, "finish_reason": reason}
+
+
+async def _serve(service: Service, http_request, body, prompts, max_tokens, kind: str):
+    """prompts: [(text or None, ids)]; answers one choice per prompt and sample."""
+    echo = kind == "text" and body.echo
     if kind == "chat":
-        choice = {"index": 0, "delta": {"content": text} if text else {}, "finish_reason": reason}
-        obj = "chat.completion.chunk"
+        of.check_logprobs(body.top_logprobs, "top_logprobs")
+        if body.top_logprobs is not None and not body.logprobs:
+            raise ApiError(400, "top_logprobs: needs logprobs=true", "top_logprobs")
+        logprobs = (body.top_logprobs or 0) if body.logprobs else None
     else:
-        choice = {"index": 0, "text": text, "finish_reason": reason, "logprobs": None}
-        obj = "text_completion"
-    return {"id": rid, "object": obj, "created": created, "model": model, "choices": [choice]}
-
-
-async def _serve(service: Service, http_request, body: _Common, prompt_ids, max_tokens, kind: str):
-    max_tokens, sampling = _check(body, service, prompt_ids, max_tokens)
-    try:
-        request, events = service.submit(prompt_ids, body, max_tokens, sampling)
-    except ValueError as e:
-        raise ApiError(400, str(e)) from None
+        of.check_logprobs(body.logprobs, "logprobs")
+        logprobs = body.logprobs
+    max_tokens, jobs = _check(body, service, [ids for _, ids in prompts], max_tokens, echo)
+    if max_tokens is None:
+        max_tokens = service.session.max_tokens_for(max(len(ids) for _, ids in prompts))
+    requests, events = service.submit(jobs, body, max_tokens, logprobs, echo)
     arrived = time.perf_counter()
     rid = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
-    created = int(time.time())
+    created, model = int(time.time()), body.model or service.model_id
+    choices = [
+        _Choice(service, kind, i, *prompts[i // body.n], logprobs, echo) for i in range(len(jobs))
+    ]  # fmt: skip
+    header = {"id": rid, "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
+              "created": created, "model": model}  # fmt: skip
+    prompt_tokens = sum(len(ids) for _, ids in prompts)
 
     async def events_until_done():
-        first = True
+        first, left = True, len(requests)
         try:
-            while True:
-                event = await events.get()
+            while left:
+                index, event = await events.get()
                 if event.token is not None:
                     service.metrics.tokens.inc()
                     if first:
                         service.metrics.ttft.observe(time.perf_counter() - arrived)
                         first = False
-                yield event
-                if event.finished:
-                    return
-        finally:  # the client went away (task cancelled) or the request finished: free the slot either way
-            service.batcher.cancel(request)
+                left -= event.finished
+                yield index, event
+        finally:  # the client went away (task cancelled) or the requests finished: free the slots either way
+            for request in requests:
+                service.batcher.cancel(request)
 
     if body.stream:
+        extra = {"usage": None} if body.include_usage else {}
 
         async def sse():
             if kind == "chat":  # OpenAI opens a chat stream with the role
-                opening = _chunk(kind, rid, body.model or service.model_id, created, "", None)
-                opening["choices"][0]["delta"] = {"role": "assistant", "content": ""}
-                yield f"data: {json.dumps(opening)}\n\n"
-            async for event in events_until_done():
-                if event.text or event.finished:
-                    chunk = _chunk(
-                        kind, rid, body.model or service.model_id, created, event.text, event.finish_reason
-                    )
+                for choice in choices:
+                    opening = {"index": choice.index, "delta": {"role": "assistant", "content": ""},
+                               "logprobs": None, "finish_reason": None}  # fmt: skip
+                    yield f"data: {json.dumps({**header, 'choices': [opening], **extra})}\n\n"
+            async for index, event in events_until_done():
+                text, part = choices[index].take(event)
+                if text or part or event.finished:
+                    chunk = {
+                        **header,
+                        "choices": [choices[index].chunk(text, part, event.finish_reason)],
+                        **extra,
+                    }
                     yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+            if body.include_usage:
+                done = of.usage(prompt_tokens, sum(c.count for c in choices))
+                yield f"data: {json.dumps({**header, 'choices': [], 'usage': done})}\n\n"
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
-    text, count, reason = [], 0, None
-    async for event in events_until_done():
-        text.append(event.text)
-        count += event.token is not None
-        reason = event.finish_reason
+    async for index, event in events_until_done():
+        choices[index].take(event)
         if await http_request.is_disconnected():
             break
-    content = "".join(text)
-    if kind == "chat":
-        choice = {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": reason}
-    else:
-        choice = {"index": 0, "text": content, "finish_reason": reason, "logprobs": None}
     return {
-        "id": rid,
+        **header,
         "object": "chat.completion" if kind == "chat" else "text_completion",
-        "created": created,
-        "model": body.model or service.model_id,
-        "choices": [choice],
-        "usage": {
-            "prompt_tokens": len(prompt_ids),
-            "completion_tokens": count,
-            "total_tokens": len(prompt_ids) + count,
-        },
+        "choices": [c.final() for c in choices],
+        "usage": of.usage(prompt_tokens, sum(c.count for c in choices)),
     }
+
+
+def _tokenizer_routes(app, service: Service):
+    """vLLM's /tokenize, /detokenize and /tokenizer_info, by the server's own prompt rule and template."""
+    tok = service.session.tokenizer
+
+    @app.post("/tokenize")
+    async def tokenize(request: fastapi.Request):
+        body = await _parse(request, of.TokenizeBody)
+        if (body.prompt is None) == (body.messages is None):
+            raise ApiError(400, "expected one of prompt or messages", "prompt")
+        text = body.prompt
+        if body.messages is not None:
+            try:
+                text = service.chat.render([m.model_dump() for m in body.messages])
+            except ValueError as e:
+                raise ApiError(400, str(e), "messages") from None
+        ids = tok.encode(text) if body.add_special_tokens else tok.encode(text, add_bos=False)
+        return {"count": len(ids), "max_model_len": service.cfg.max_target_length, "tokens": ids,
+                "token_strs": None}  # fmt: skip
+
+    @app.post("/detokenize")
+    async def detokenize(request: fastapi.Request):
+        body = await _parse(request, of.DetokenizeBody)
+        if not all(0 <= i < tok.vocab_size for i in body.tokens):
+            raise ApiError(400, f"tokens: ids must lie in 0 to {tok.vocab_size - 1}", "tokens")
+        return {"prompt": tok.decode(body.tokens)}
+
+    @app.get("/tokenizer_info")
+    async def tokenizer_info():
+        return {
+            "tokenizer_class": type(tok.raw).__name__,
+            "tokenizer_path": service.cfg.tokenizer_path,
+            "vocab_size": tok.vocab_size,
+            "bos_token_id": tok.bos_id,
+            "eos_token_id": tok.eos_id,
+            "pad_token_id": tok.pad_id,
+            "add_bos_token": tok.add_bos,
+            "add_eos_token": tok.add_eos,
+            "model_max_length": service.cfg.max_target_length,
+        }
 
 
 def make_app(service: Service) -> fastapi.FastAPI:
@@ -332,11 +425,8 @@ def make_app(service: Service) -> fastapi.FastAPI:
     @app.post("/v1/completions")
     async def completions(request: fastapi.Request):
         body = await _parse(request, CompletionBody)
-        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        if len(prompts) != 1:
-            raise ApiError(400, f"prompt: expected one prompt, got {len(prompts)}", "prompt")
-        ids = service.session.encode_prompt(prompts[0])
-        return await _serve(service, request, body, ids, body.max_tokens, "text")
+        prompts = of.completion_prompts(body, service.session.encode_prompt)
+        return await _serve(service, request, body, prompts, body.max_tokens, "text")
 
     @app.post("/v1/chat/completions")
     async def chat(request: fastapi.Request):
@@ -349,6 +439,8 @@ def make_app(service: Service) -> fastapi.FastAPI:
             raise ApiError(400, str(e), "messages") from None
         ids = service.session.encode_prompt(text)
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-        return await _serve(service, request, body, ids, max_tokens, "chat")
+        return await _serve(service, request, body, [(text, ids)], max_tokens, "chat")
+
+    _tokenizer_routes(app, service)
 
     return app

@@ -22,6 +22,16 @@ def sampling_params(cfg: Config, seed_offset: int = 0) -> SamplingParams:
     """The config's decode_sampling_* keys as per-request sampling (greedy = temperature 0; otherwise
     temperature, top_k and nucleus_p all apply). Request i of a batch gets seed decode_sampling_seed + i."""
     seed = (cfg.decode_sampling_seed + seed_offset) % 2**32
+    if cfg.decode_sampling_strategy == "topk" and cfg.decode_sampling_top_k < 1:
+        raise ConfigError(
+            f"decode_sampling_strategy=topk with decode_sampling_top_k={cfg.decode_sampling_top_k}: "
+            "expected decode_sampling_top_k >= 1 (0 turns top-k off; use weighted for plain temperature)"
+        )
+    if cfg.decode_sampling_strategy == "nucleus" and cfg.decode_sampling_nucleus_p >= 1:
+        raise ConfigError(
+            f"decode_sampling_strategy=nucleus with decode_sampling_nucleus_p={cfg.decode_sampling_nucleus_p}"
+            ": expected 0 < decode_sampling_nucleus_p < 1 (1 keeps every token; use weighted)"
+        )
     if cfg.decode_sampling_strategy == "greedy":
         return SamplingParams(seed=seed)
     return SamplingParams(
@@ -149,12 +159,19 @@ class DecodeSession:
         decode_sampling_seed + i). Returns per-prompt "tokens" and "texts" (continuations), mean
         "time_to_first_token_s", "decode_tokens_per_s" after each request's first token, "generated_tokens"
         and "compile_s" (warm-up, excluded from the timings)."""
-        self.warmup()
-        t0 = time.perf_counter()
         requests = []
+        config = self.engine.config
         for i, prompt in enumerate(prompts):
             ids = self.encode_prompt(prompt)
+            if not ids or len(ids) > max(config.buckets):
+                raise ConfigError(
+                    f"prompt {i + 1} ({prompt[:30]!r}) is {len(ids)} tokens: expected 1 to {max(config.buckets)}"
+                    f" (max_prefill_predict_length={self.cfg.max_prefill_predict_length}, max_target_length="
+                    f"{self.cfg.max_target_length} minus one)"
+                )
             requests.append(Request(ids, self.max_tokens_for(len(ids)), sampling_params(self.cfg, i)))
+        self.warmup()
+        t0 = time.perf_counter()
         with mesh_lib.activate(self.mesh, self.rules):
             done = self.batcher.complete(requests)
         elapsed = time.perf_counter() - t0

@@ -121,7 +121,7 @@ class _ScriptedEngine:
 
     def prefill(self, prompt, max_tokens, sampling, adapter=0):
         del prompt, max_tokens, sampling, adapter
-        return type("P", (), {"first_token": self.script.pop(0)})()
+        return type("P", (), {"first_token": self.script.pop(0), "prompt_logprobs": None})()
 
     def insert(self, prefix, state, slot):
         del prefix, slot

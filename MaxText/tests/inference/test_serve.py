@@ -141,6 +141,8 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(server):
         (dict(json={"prompt": long_prompt}), 400, "at most"),
         (dict(json={"prompt": "A", "model": "gpt-4"}), 404, "does not exist"),
         (dict(json={"prompt": "A", "top_p": 0}), 400, "top_p"),
+        (dict(json={"prompt": "A", "n": 0}), 400, "n=0"),
+        (dict(json={"prompt": [[1, 2], [10**9]]}), 400, "token ids"),
         (dict(json={"prompt": "A"}, headers={"Authorization": "Bearer wrong"}), 401, "API key"),
         (dict(json={"prompt": "A"}, headers={}), 401, "API key"),
     ]
@@ -217,6 +219,43 @@ def test_openai_client(server):
     assert "".join(c.choices[0].delta.content or "" for c in stream) == reply.choices[0].message.content
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="other", prompt="A", max_tokens=2)
+
+
+def test_openai_client_logprobs_usage_and_n(server):
+    openai = pytest.importorskip("openai")
+    url, _ = server
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="secret")
+    done = client.completions.create(
+        model="tinyrun", prompt=PROMPTS[0], max_tokens=4, temperature=0, logprobs=2
+    )
+    lp = done.choices[0].logprobs
+    assert len(lp.token_logprobs) == len(lp.tokens) == len(lp.top_logprobs) == done.usage.completion_tokens
+    assert all(
+        len(t) == 2 and max(t.values()) >= v - 1e-6 for t, v in zip(lp.top_logprobs, lp.token_logprobs)
+    )
+    scored = client.completions.create(
+        model="tinyrun", prompt=PROMPTS[2], max_tokens=1, logprobs=1, echo=True, temperature=0
+    )
+    assert (
+        scored.choices[0].text.startswith(PROMPTS[2]) and scored.choices[0].logprobs.token_logprobs[0] is None
+    )
+    messages = [{"role": "user", "content": "Speak."}]
+    reply = client.chat.completions.create(
+        model="tinyrun", messages=messages, max_tokens=4, temperature=0, logprobs=True, top_logprobs=3
+    )
+    assert all(len(c.top_logprobs) == 3 for c in reply.choices[0].logprobs.content)
+    stream = client.chat.completions.create(
+        model="tinyrun", messages=messages, max_tokens=4, temperature=0, n=2, stream=True,
+        stream_options={"include_usage": True},
+    )  # fmt: skip
+    chunks = list(stream)
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens >= 2
+    texts = ["", ""]
+    for c in chunks[:-1]:
+        texts[c.choices[0].index] += c.choices[0].delta.content or ""
+    assert texts[0] == texts[1] == reply.choices[0].message.content
+    with pytest.raises(openai.BadRequestError, match="logit_bias"):
+        client.completions.create(model="tinyrun", prompt="A", max_tokens=2, logit_bias={"5": 3})
 
 
 def test_sigterm_drains_in_flight_requests(server):
