@@ -105,7 +105,7 @@ def merge_lora(input_path: str, output: str, overwrite: bool = False, log=print)
                     "would round them away (merge into the float base, then quantize)"
                 )
             a, b = params[f"{owner}/lora_a"], params[f"{owner}/lora_b"]
-            layer = axes[path].index("layers") if "layers" in axes[path] else None
+            layer = _layer_axis(axes, path)
             delta = scale * _low_rank_product(a.astype(np.float32), b.astype(np.float32), layer)
             value = (value.astype(np.float32) + delta).astype(value.dtype)
         merged[path] = value
@@ -171,7 +171,7 @@ def lora_to_peft(input_path: str, output: str, overwrite: bool = False, log=prin
             raise ConfigError(
                 f"{owner}: no Hugging Face tensor for this projection; cannot export its adapter"
             )
-        layer = axes[path].index("layers") if "layers" in axes[path] else None
+        layer = _layer_axis(axes, path)
         a_units, b_units = _units(a, layer, m.units), _units(b, layer, m.units)
         in_shape, out_shape = a_units[0].shape[:-1], b_units[0].shape[1:]
         _check_plain(m, in_shape, out_shape)
@@ -210,18 +210,26 @@ def _expert_stems(maps: dict, owner: str) -> list:
     return [m.hf_names[u * per_unit].split(".experts.")[0] for u in range(m.units)]
 
 
+def _layer_axis(axes: dict, path: str):
+    """The stacked layer axis of a parameter (None when unscanned)."""
+    return axes[path].index("layers") if "layers" in axes[path] else None
+
+
+def _expert_adapters(flat: dict, axes: dict):
+    """(A's path, B's path, owner module, PEFT key, layer axis) of each routed-expert adapter in `flat`."""
+    for path in flat:
+        kind = path.rsplit("/", 1)[-1].removesuffix("_lora_a")
+        if kind in _EXPERT_TENSORS and path.endswith("_lora_a"):
+            owner = path.rsplit("/", 1)[0]
+            yield path, f"{owner}/{kind}_lora_b", owner, _EXPERT_TENSORS[kind][1], _layer_axis(axes, path)
+
+
 def _export_experts(params: dict, axes: dict, maps: dict, cfg, tensors: dict) -> list:
     """PEFT's factors of every expert adapter into `tensors`; returns the target_parameters they need."""
     r, parameters = cfg.lora_rank, set()
-    for path, a in params.items():
-        kind = path.rsplit("/", 1)[-1].removesuffix("_lora_a")
-        if kind not in _EXPERT_TENSORS or not path.endswith("_lora_a"):
-            continue
-        owner = path.rsplit("/", 1)[0]
-        b = params[f"{owner}/{kind}_lora_b"]
-        layer = axes[path].index("layers") if "layers" in axes[path] else None
+    for a_path, b_path, owner, key, layer in _expert_adapters(params, axes):
+        a, b = params[a_path], params[b_path]
         stems = _expert_stems(maps, owner)
-        _, key = _EXPERT_TENSORS[kind]
         for stem, ua, ub in zip(stems, _units(a, layer, len(stems)), _units(b, layer, len(stems))):
             e, din, _ = ua.shape  # [E, in, r], [E, r, out]
             tensors[f"{PEFT_PREFIX}{stem}.{key}.lora_A.weight"] = np.ascontiguousarray(
@@ -238,14 +246,8 @@ def _export_experts(params: dict, axes: dict, maps: dict, cfg, tensors: dict) ->
 def _import_experts(flat_abstract: dict, axes: dict, maps: dict, r: int, tensors: dict, used: set) -> dict:
     """Our expert adapters from PEFT's factors (the inverse of _export_experts)."""
     out = {}
-    for path, leaf in flat_abstract.items():
-        kind = path.rsplit("/", 1)[-1].removesuffix("_lora_a")
-        if kind not in _EXPERT_TENSORS or not path.endswith("_lora_a"):
-            continue
-        owner = path.rsplit("/", 1)[0]
-        b_leaf = flat_abstract[f"{owner}/{kind}_lora_b"]
-        layer = axes[path].index("layers") if "layers" in axes[path] else None
-        _, key = _EXPERT_TENSORS[kind]
+    for a_path, b_path, owner, key, layer in _expert_adapters(flat_abstract, axes):
+        leaf, b_leaf = flat_abstract[a_path], flat_abstract[b_path]
         a_units, b_units = [], []
         for stem in _expert_stems(maps, owner):
             ka, kb = f"{PEFT_PREFIX}{stem}.{key}.lora_A.weight", f"{PEFT_PREFIX}{stem}.{key}.lora_B.weight"
@@ -256,8 +258,8 @@ def _import_experts(flat_abstract: dict, axes: dict, maps: dict, r: int, tensors
             dout = _unit_shape(b_leaf.shape, layer)[2]
             a_units.append(tensors[ka].reshape(e, r, din).transpose(0, 2, 1).astype(np.float32))
             b_units.append(tensors[kb].reshape(dout, r, e).transpose(2, 1, 0).astype(np.float32))
-        out[path] = np.stack(a_units, axis=layer) if layer is not None else a_units[0]
-        out[f"{owner}/{kind}_lora_b"] = np.stack(b_units, axis=layer) if layer is not None else b_units[0]
+        out[a_path] = np.stack(a_units, axis=layer) if layer is not None else a_units[0]
+        out[b_path] = np.stack(b_units, axis=layer) if layer is not None else b_units[0]
     return out
 
 
@@ -320,7 +322,7 @@ def peft_to_lora(input_path: str, base: str, output: str, overwrite: bool = Fals
             continue
         owner = path[: -len("/lora_a")]
         m = maps["/".join(owner.split("/")) + "/kernel"]
-        layer = axes[path].index("layers") if "layers" in axes[path] else None
+        layer = _layer_axis(axes, path)
         b_leaf = flat_abstract[f"{owner}/lora_b"]
         a_units, b_units = [], []
         for name in m.hf_names:
